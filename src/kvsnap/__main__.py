@@ -1,0 +1,3 @@
+from kvsnap.cli.main import run
+
+run()

@@ -1,0 +1,1 @@
+"""The kvsnap command line: one module per command, each thin."""

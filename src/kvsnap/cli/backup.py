@@ -1,0 +1,139 @@
+"""`kvsnap backup`: snapshot one or more namespaces into the repository."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+
+import typer
+
+from kvsnap.backup import BackupResult, run_backup
+from kvsnap.cli.app import app
+from kvsnap.cli.options import AccountOption, ConfigOption, JsonOption, RepoOption
+from kvsnap.cli.output import print_json, stderr, stdout
+from kvsnap.cloudflare import KvClient
+from kvsnap.config import Settings, load_settings
+from kvsnap.progress import Reporter, RichReporter
+from kvsnap.ratelimit import RetryPolicy
+from kvsnap.repository import Repository
+
+
+def open_client(settings: Settings) -> KvClient:
+    """Build the KV client that every Cloudflare-reading command uses."""
+    token, account = settings.require_cloudflare()
+    return KvClient(
+        api_token=token,
+        account_id=account,
+        base_url=settings.base_url,
+        concurrency=settings.concurrency,
+        rate_limit=settings.rate_limit,
+        policy=RetryPolicy(max_attempts=settings.max_attempts),
+    )
+
+
+@app.command()
+def backup(
+    namespaces: list[str] = typer.Argument(
+        None, help="Namespaces by id or exact title (id:X or title:X to be explicit)."
+    ),
+    all_namespaces: bool = typer.Option(
+        False, "--all", help="Back up every namespace of the account."
+    ),
+    repo: str = RepoOption,
+    account: str = AccountOption,
+    config: Path = ConfigOption,
+    concurrency: int = typer.Option(
+        None,
+        "--concurrency",
+        help="Requests in flight at once [default: 8].",
+        show_default=False,
+    ),
+    rate_limit: str = typer.Option(
+        None,
+        "--rate-limit",
+        help="API budget as REQUESTS/SECONDS [default: 1200/300, Cloudflare's limit].",
+        show_default=False,
+    ),
+    max_attempts: int = typer.Option(
+        None,
+        "--max-attempts",
+        help="Tries per request before the run fails [default: 8].",
+        show_default=False,
+    ),
+    part_size: str = typer.Option(
+        None,
+        "--part-size",
+        help="Uncompressed bytes per part, e.g. 32MiB [default: 32MiB].",
+        show_default=False,
+    ),
+    tag: list[str] = typer.Option(None, "--tag", help="Tag to record in the manifest."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Back up namespaces into verified snapshots.
+
+    Exit codes: 0 all succeeded, 3 some namespaces failed, 10 configuration
+    error, 11 token rejected, 12 API failed after retries, 20 repository error.
+    """
+    settings = load_settings(
+        config_file=config,
+        repository=repo,
+        account_id=account,
+        namespaces=tuple(namespaces or ()),
+        all_namespaces=all_namespaces,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        max_attempts=max_attempts,
+        part_bytes=part_size,
+    )
+    result = asyncio.run(_backup(settings, tag or []))
+    if as_json:
+        print_json(
+            {
+                "type": "backup",
+                "ok": result.exit_code == 0,
+                **dataclasses.asdict(result),
+            }
+        )
+    else:
+        _print_summary(result)
+    raise typer.Exit(result.exit_code)
+
+
+async def _backup(settings: Settings, tags: list[str]) -> BackupResult:
+    url = settings.require_repository()
+    async with open_client(settings) as client:
+        chosen = await client.resolve_namespaces(
+            settings.namespaces, all_namespaces=settings.all_namespaces
+        )
+        repo = await Repository.open_or_init(url, account_id=client.account_id)
+        reporter = RichReporter(stderr) if sys.stderr.isatty() else Reporter()
+        try:
+            return await run_backup(
+                client,
+                repo,
+                chosen,
+                part_bytes=settings.part_bytes,
+                tags=tags,
+                reporter=reporter,
+            )
+        finally:
+            reporter.close()
+
+
+def _print_summary(result: BackupResult) -> None:
+    for ns in result.namespaces:
+        if ns.ok:
+            stdout.print(
+                f"snapshot {ns.snapshot_id}  {ns.namespace_title} ({ns.namespace_id})  "
+                f"{ns.keys} keys  {ns.value_bytes} bytes  {ns.seconds:.1f} s",
+                markup=False,
+                highlight=False,
+            )
+        else:
+            stdout.print(
+                f"FAILED  {ns.namespace_title} ({ns.namespace_id}): {ns.error}",
+                markup=False,
+                highlight=False,
+            )

@@ -1,0 +1,88 @@
+"""Entry point: global options, logging set-up and the one error handler."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+
+from kvsnap import __version__
+from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
+    backup,
+    demo,
+    emulator,
+    export,
+    repository,
+    verify,
+)
+from kvsnap.cli.app import app
+from kvsnap.cli.output import stderr
+from kvsnap.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KvsnapError
+from kvsnap.logs import configure_logging
+
+_debug = False
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"kvsnap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug lines."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks of every error (implies -v)."
+    ),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="Log line format on stderr: text or json."
+    ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_show_version,
+        is_eager=True,
+        help="Print the version.",
+    ),
+) -> None:
+    """Back up Cloudflare Workers KV namespaces into verified snapshots."""
+    global _debug
+    _debug = debug
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    configure_logging(logging.DEBUG if verbose or debug else logging.INFO, log_format)
+
+
+def run() -> None:
+    """Run the CLI and map every outcome to its exit code."""
+    try:
+        result = app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        stderr.print("aborted")
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except KvsnapError as exc:
+        if _debug:
+            logging.getLogger("kvsnap").exception("error")
+        stderr.print(f"error: {exc.message}", markup=False, highlight=False)
+        if exc.hint:
+            stderr.print(f"hint: {exc.hint}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except Exception:
+        logging.getLogger("kvsnap").exception("unexpected error (a bug in kvsnap)")
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,559 @@
+"""Reading Workers KV through the official Cloudflare SDK.
+
+`KvClient` wraps `cloudflare.AsyncCloudflare` with the request discipline a
+backup needs and the SDK lacks:
+
+- one `RateLimiter` and one concurrency limit shared by every request;
+- retries of 429, 5xx, timeouts, dropped connections and truncated bodies,
+  honouring Retry-After of any length (the SDK ignores values above 60 s),
+  up to `RetryPolicy.max_attempts`, after which `ApiError` is raised;
+- 401 and 403 become `AuthError` at once, other 4xx become `ApiError`.
+
+The SDK's own retries are switched off so that every attempt is counted and
+paced here. Response bodies are read raw and decoded with msgspec: a million
+keys would cost minutes as pydantic models, and values must stay byte-exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import cloudflare
+import httpx
+import msgspec
+
+from kvsnap import limits
+from kvsnap.errors import ApiError, AuthError, NamespaceNotFound
+from kvsnap.format import Record, key_order
+from kvsnap.ratelimit import RateLimiter, RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A replacement character in a bulk-get value may stand for bytes that were
+# not UTF-8, so such a value is fetched again alone as raw bytes.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+# Bisecting a rejected bulk get stops below this many keys: they are fetched
+# alone as raw bytes.
+_MIN_SPLIT_KEYS = 4
+
+
+@dataclass(frozen=True)
+class Namespace:
+    id: str
+    title: str
+
+
+class KeyInfo(msgspec.Struct, frozen=True):
+    """One entry of a key list page."""
+
+    name: str
+    expiration: int | float | msgspec.UnsetType = msgspec.UNSET
+    metadata: Any = msgspec.UNSET
+
+
+class _CursorInfo(msgspec.Struct):
+    count: int | None = None
+    cursor: str | None = None
+
+
+class _KeysPage(msgspec.Struct):
+    result: list[KeyInfo] | None = None
+    result_info: _CursorInfo | None = None
+
+
+class _NamespacesPage(msgspec.Struct):
+    result: list[dict[str, Any]] | None = None
+
+
+class _BulkEntry(msgspec.Struct):
+    value: Any = None
+    metadata: Any = None
+
+
+class _BulkGetResult(msgspec.Struct):
+    values: dict[str, _BulkEntry | None] = {}
+
+
+class _BulkGetEnvelope(msgspec.Struct):
+    result: _BulkGetResult | None = None
+
+
+class _NotFound(Exception):
+    """The API answered 404: a key or namespace that does not exist."""
+
+
+class _Rejected(Exception):
+    """The API answered 4xx (other than 401, 403, 404, 429) to a request."""
+
+
+@dataclass
+class ReadStats:
+    """Counts of one namespace read, filled in as records stream out."""
+
+    keys: int = 0
+    value_bytes: int = 0
+    pages: int = 0
+    bulk_gets: int = 0
+    raw_gets: int = 0
+    skipped_keys: int = 0  # listed, then gone before the value was read
+
+
+class KvClient:
+    """Workers KV access for one account; use as an async context manager."""
+
+    def __init__(
+        self,
+        *,
+        api_token: str,
+        account_id: str,
+        base_url: str,
+        concurrency: int = limits.DEFAULT_CONCURRENCY,
+        rate_limit: tuple[int, float] = (
+            limits.API_BUDGET_REQUESTS,
+            limits.API_BUDGET_WINDOW_SECONDS,
+        ),
+        policy: RetryPolicy | None = None,
+        timeout: float = limits.DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    ) -> None:
+        self.account_id = account_id
+        self.base_url = base_url
+        self.policy = policy or RetryPolicy()
+        self.limiter = RateLimiter(*rate_limit)
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._sdk = cloudflare.AsyncCloudflare(
+            api_token=api_token,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+        )
+        self.requests = 0
+        self.retries = 0
+
+    async def __aenter__(self) -> KvClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._sdk.close()
+
+    # Requests, retries and error translation.
+
+    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        """Run one API request under the budget, retrying transient failures."""
+        last_error = ""
+        for attempt in range(1, self.policy.max_attempts + 1):
+            async with self._slots:
+                await self.limiter.acquire()
+                self.requests += 1
+                try:
+                    return await request()
+                except cloudflare.RateLimitError as exc:
+                    header = exc.response.headers.get("retry-after")
+                    delay = self.policy.backoff(attempt, parse_retry_after(header))
+                    self.limiter.pause_until(time.monotonic() + delay)
+                    last_error = f"HTTP 429, Retry-After {header or 'absent'}"
+                except cloudflare.InternalServerError as exc:
+                    delay = self.policy.backoff(attempt)
+                    last_error = _describe(exc)
+                except (cloudflare.APIConnectionError, httpx.TransportError) as exc:
+                    delay = self.policy.backoff(attempt)
+                    last_error = f"connection failed: {type(exc).__name__}"
+                except msgspec.DecodeError as exc:
+                    delay = self.policy.backoff(attempt)
+                    last_error = f"unreadable response body: {exc}"
+                except (
+                    cloudflare.AuthenticationError,
+                    cloudflare.PermissionDeniedError,
+                ) as exc:
+                    raise AuthError(
+                        f"the API token was rejected ({_describe(exc)}) for {what}",
+                        hint="check CLOUDFLARE_API_TOKEN and that the token has "
+                        "'Workers KV Storage' permission on this account",
+                    ) from exc
+                except cloudflare.NotFoundError as exc:
+                    raise _NotFound(_describe(exc)) from exc
+                except cloudflare.APIStatusError as exc:
+                    raise _Rejected(_describe(exc)) from exc
+            if attempt < self.policy.max_attempts:
+                self.retries += 1
+                log.warning(
+                    "%s failed (%s); retry %d of %d in %.1f s",
+                    what,
+                    last_error,
+                    attempt,
+                    self.policy.max_attempts - 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise ApiError(
+            f"{what} failed after {self.policy.max_attempts} attempts: {last_error}",
+            hint="the API kept failing; run again later, or raise --max-attempts",
+        )
+
+    async def _read_json(
+        self, what: str, send: Callable[[], Awaitable[Any]], type_: type[T]
+    ) -> T:
+        async def request() -> T:
+            response = await send()
+            return msgspec.json.decode(await response.read(), type=type_)
+
+        return await self._call(what, request)
+
+    # Namespaces.
+
+    async def list_namespaces(self) -> list[Namespace]:
+        """Return every namespace of the account, paging until a short page."""
+        per_page = 100
+        found: list[Namespace] = []
+        for page in range(1, 10_000):
+            body = await self._read_json(
+                "list namespaces",
+                lambda page=page: self._sdk.kv.namespaces.with_raw_response.list(
+                    account_id=self.account_id, page=page, per_page=per_page
+                ),
+                _NamespacesPage,
+            )
+            items = body.result or []
+            found.extend(
+                Namespace(str(item["id"]), str(item["title"])) for item in items
+            )
+            if len(items) < per_page:
+                return found
+        raise ApiError("list namespaces returned more than 10,000 pages")
+
+    async def resolve_namespaces(
+        self, names: tuple[str, ...] | list[str], *, all_namespaces: bool = False
+    ) -> list[Namespace]:
+        """Resolve ids or exact titles to namespaces; never creates one.
+
+        A name that is the id of one namespace and the title of another is
+        ambiguous; `id:NAME` or `title:NAME` picks one explicitly.
+        """
+        available = await self.list_namespaces()
+        if all_namespaces:
+            return available
+        if not names:
+            raise NamespaceNotFound(
+                "no namespace given: name one or more namespaces, or pass --all",
+                hint=_candidates(available),
+            )
+        chosen: list[Namespace] = []
+        for name in names:
+            namespace = resolve_namespace(name, available)
+            if namespace not in chosen:
+                chosen.append(namespace)
+        return chosen
+
+    # Keys and values.
+
+    async def iter_key_pages(
+        self, namespace_id: str, *, prefix: str | None = None
+    ) -> AsyncIterator[list[KeyInfo]]:
+        """Yield pages of the key list in order, following result_info.cursor.
+
+        A page may be empty while more keys remain, so only an empty or
+        missing cursor ends the listing. A cursor seen before is an error.
+        """
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            page = await self._list_keys(namespace_id, cursor, prefix)
+            yield page.result or []
+            cursor = page.result_info.cursor if page.result_info else None
+            if not cursor:
+                return
+            if cursor in seen:
+                raise ApiError(
+                    f"the key list of namespace {namespace_id} returned cursor "
+                    f"{cursor!r} twice; stopping instead of looping"
+                )
+            seen.add(cursor)
+
+    async def _list_keys(
+        self, namespace_id: str, cursor: str | None, prefix: str | None
+    ) -> _KeysPage:
+        options: dict[str, Any] = {"limit": limits.LIST_PAGE_MAX}
+        if cursor:
+            options["cursor"] = cursor
+        if prefix:
+            options["prefix"] = prefix
+        try:
+            return await self._read_json(
+                f"list keys of namespace {namespace_id}",
+                lambda: self._sdk.kv.namespaces.keys.with_raw_response.list(
+                    namespace_id, account_id=self.account_id, **options
+                ),
+                _KeysPage,
+            )
+        except _NotFound as exc:
+            raise NamespaceNotFound(
+                f"namespace {namespace_id} not found: {exc}"
+            ) from exc
+        except _Rejected as exc:
+            raise ApiError(
+                f"list keys of namespace {namespace_id} failed: {exc}"
+            ) from exc
+
+    async def bulk_get_text(
+        self, namespace_id: str, names: list[str]
+    ) -> dict[str, _BulkEntry | None]:
+        """Return {key: entry or None} for up to 100 keys; raise _Rejected on 4xx."""
+        body = await self._read_json(
+            f"bulk get of {len(names)} keys",
+            lambda: self._sdk.kv.namespaces.with_raw_response.bulk_get(
+                namespace_id,
+                account_id=self.account_id,
+                keys=names,
+                type="text",
+                with_metadata=True,
+            ),
+            _BulkGetEnvelope,
+        )
+        return body.result.values if body.result else {}
+
+    async def get_value(
+        self, namespace_id: str, key: str
+    ) -> tuple[bytes, str | None] | None:
+        """Return (raw bytes, expiration header) of one key, or None if absent."""
+
+        async def request() -> tuple[bytes, str | None]:
+            response = await self._sdk.kv.namespaces.values.get(
+                key, account_id=self.account_id, namespace_id=namespace_id
+            )
+            return await response.read(), response.headers.get("expiration")
+
+        try:
+            return await self._call("read value", request)
+        except _NotFound:
+            return None
+        except _Rejected as exc:
+            raise ApiError(f"read value of key {key!r} failed: {exc}") from exc
+        except ValueError as exc:  # the SDK refuses empty, "." and ".." keys
+            raise ApiError(f"cannot read key {key!r} through the API: {exc}") from exc
+
+    async def read_records(
+        self, namespace_id: str, stats: ReadStats
+    ) -> AsyncIterator[Record]:
+        """Yield the namespace's records in key byte order, values byte-exact.
+
+        Key pages are listed in order while bulk gets for earlier pages run
+        concurrently; a bounded queue of pending batches keeps memory flat.
+        Metadata and expiration come from the key list.
+        """
+        pending: asyncio.Queue[asyncio.Task[list[Record]] | None] = asyncio.Queue(
+            maxsize=2 * self.concurrency
+        )
+
+        async def produce() -> None:
+            previous: bytes | None = None
+            async for page in self.iter_key_pages(namespace_id):
+                stats.pages += 1
+                for info in page:
+                    order = key_order(info.name)
+                    if previous is not None and order <= previous:
+                        raise ApiError(
+                            f"the key list of namespace {namespace_id} is not in byte "
+                            f"order: {info.name!r} came after a key that sorts after it"
+                        )
+                    previous = order
+                for start in range(0, len(page), limits.BULK_GET_MAX_KEYS):
+                    batch = page[start : start + limits.BULK_GET_MAX_KEYS]
+                    task = asyncio.create_task(
+                        self._fetch_batch(namespace_id, batch, stats)
+                    )
+                    await pending.put(task)
+            await pending.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                task = await _next_pending(pending, producer)
+                if task is None:
+                    break
+                for record in await task:
+                    stats.keys += 1
+                    stats.value_bytes += len(record.value_bytes())
+                    yield record
+            producer.result()
+        finally:
+            producer.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+                    if leftover.done() and not leftover.cancelled():
+                        leftover.exception()  # retrieved: the run failed already
+
+    async def _fetch_batch(
+        self, namespace_id: str, batch: list[KeyInfo], stats: ReadStats
+    ) -> list[Record]:
+        """Read one batch by bulk get, falling back to raw reads where needed."""
+        try:
+            stats.bulk_gets += 1
+            values = await self.bulk_get_text(namespace_id, [k.name for k in batch])
+        except _Rejected as exc:
+            log.debug("bulk get of %d keys rejected (%s)", len(batch), exc)
+            return await self._fetch_rejected(namespace_id, batch, stats)
+        except ApiError as exc:
+            # The batch failed after every retry. Reading its keys alone may
+            # still work, but if the first one fails too the API is down, and
+            # fanning out to every key would only burn the request budget.
+            log.warning("bulk get failed, reading %d keys alone (%s)", len(batch), exc)
+            first = await self._fetch_raw(
+                namespace_id, batch[:1], stats, keep_gaps=True
+            )
+            rest = await self._fetch_raw(namespace_id, batch[1:], stats, keep_gaps=True)
+            return [record for record in first + rest if record is not None]
+        return await self._records_from_bulk(namespace_id, batch, values, stats)
+
+    async def _fetch_rejected(
+        self, namespace_id: str, batch: list[KeyInfo], stats: ReadStats
+    ) -> list[Record]:
+        """Find the keys bulk get cannot return by splitting the batch.
+
+        One binary value among text values costs a few extra bulk gets. When
+        the first half is rejected too, the values are probably mostly binary
+        and every key of the batch is read alone.
+        """
+        if len(batch) < _MIN_SPLIT_KEYS:
+            return await self._fetch_raw(namespace_id, batch, stats)
+        middle = len(batch) // 2
+        first, second = batch[:middle], batch[middle:]
+        try:
+            stats.bulk_gets += 1
+            values = await self.bulk_get_text(namespace_id, [k.name for k in first])
+        except _Rejected:
+            return await self._fetch_raw(namespace_id, batch, stats)
+        records = await self._records_from_bulk(namespace_id, first, values, stats)
+        return records + await self._fetch_batch(namespace_id, second, stats)
+
+    async def _records_from_bulk(
+        self,
+        namespace_id: str,
+        batch: list[KeyInfo],
+        values: dict[str, _BulkEntry | None],
+        stats: ReadStats,
+    ) -> list[Record]:
+        records: list[Record | None] = []
+        refetch: list[tuple[int, KeyInfo]] = []
+        for info in batch:
+            entry = values.get(info.name)
+            text = entry.value if entry is not None else None
+            if isinstance(text, str) and REPLACEMENT_CHARACTER not in text:
+                records.append(
+                    Record(info.name, text, False, info.metadata, info.expiration)
+                )
+            else:
+                refetch.append((len(records), info))
+                records.append(None)
+        if refetch:
+            fetched = await self._fetch_raw(
+                namespace_id, [info for _, info in refetch], stats, keep_gaps=True
+            )
+            for (index, _), record in zip(refetch, fetched, strict=True):
+                records[index] = record
+        return [record for record in records if record is not None]
+
+    async def _fetch_raw(
+        self,
+        namespace_id: str,
+        batch: list[KeyInfo],
+        stats: ReadStats,
+        *,
+        keep_gaps: bool = False,
+    ) -> list[Any]:
+        """Read each key alone as raw bytes; a key gone by now is skipped."""
+
+        async def one(info: KeyInfo) -> Record | None:
+            stats.raw_gets += 1
+            found = await self.get_value(namespace_id, info.name)
+            if found is None:
+                stats.skipped_keys += 1
+                log.info("key %r was deleted during the backup; skipped", info.name)
+                return None
+            data, _expiration_header = found
+            return Record.from_bytes(
+                info.name, data, metadata=info.metadata, expiration=info.expiration
+            )
+
+        # A task group cancels the other reads as soon as one fails for good.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(info)) for info in batch]
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        results = [task.result() for task in tasks]
+        return results if keep_gaps else [r for r in results if r is not None]
+
+
+async def _next_pending(
+    pending: asyncio.Queue[asyncio.Task[list[Record]] | None],
+    producer: asyncio.Task[None],
+) -> asyncio.Task[list[Record]] | None:
+    """Take the next batch task, or raise the producer's error if it failed."""
+    while True:
+        if producer.done():
+            producer.result()
+            return await pending.get()
+        getter = asyncio.ensure_future(pending.get())
+        done, _ = await asyncio.wait(
+            {getter, producer}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+
+
+def resolve_namespace(name: str, available: list[Namespace]) -> Namespace:
+    """Pick the namespace whose id or exact title is `name`.
+
+    `id:NAME` and `title:NAME` restrict the match to one field.
+    """
+    kind, _, value = name.partition(":")
+    if kind in ("id", "title") and value:
+        matches = [ns for ns in available if getattr(ns, kind) == value]
+    else:
+        matches = [ns for ns in available if name in (ns.id, ns.title)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        listed = ", ".join(f"{ns.id} (title {ns.title!r})" for ns in matches)
+        raise NamespaceNotFound(
+            f"namespace {name!r} is ambiguous: it matches {listed}",
+            hint=f"write id:{name} or title:{name} to choose one",
+        )
+    by_folded = {ns.title.casefold(): ns.title for ns in available}
+    folded = difflib.get_close_matches(name.casefold(), list(by_folded), n=3)
+    close = [by_folded[title] for title in folded]
+    suggestion = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise NamespaceNotFound(
+        f"namespace {name!r} not found in the account{suggestion}",
+        hint=_candidates(available),
+    )
+
+
+def _candidates(available: list[Namespace]) -> str:
+    if not available:
+        return "the account has no KV namespaces"
+    shown = ", ".join(f"{ns.title} ({ns.id})" for ns in available[:20])
+    more = f" and {len(available) - 20} more" if len(available) > 20 else ""
+    return f"namespaces in the account: {shown}{more}"
+
+
+def _describe(exc: cloudflare.APIStatusError) -> str:
+    """Summarise an API error as 'HTTP 400: code 10xxx: message' without secrets."""
+    parts = [f"HTTP {exc.status_code}"]
+    body = exc.body if isinstance(exc.body, dict) else {}
+    for error in (body.get("errors") or [])[:3]:
+        if isinstance(error, dict):
+            parts.append(f"code {error.get('code')}: {error.get('message')}")
+    return ": ".join(parts)

@@ -1,0 +1,123 @@
+"""The exception tree of kvsnap and the exit code of each class.
+
+Every error that kvsnap reports on purpose is a `KvsnapError`. Foreign errors
+(from the Cloudflare SDK, obstore, the file system) are translated into one of
+these classes at the boundary that meets them and chained with ``raise ... from``.
+The top-level handler in `kvsnap.cli.main` prints ``error: <message>`` and the
+hint, and exits with the class's code.
+
+Exit codes, never reused for another meaning:
+
+====  ===========================================================
+0     success
+1     unexpected internal error (a bug: the traceback is shown)
+2     command-line usage error (unknown option, missing argument)
+3     partial failure: some namespaces failed, the others succeeded
+4     verification failed: a part is missing, truncated or corrupt
+10    configuration error: bad setting, unknown namespace, bad URL
+11    authentication error: the API token was missing or rejected
+12    Cloudflare API error that retries did not cure
+20    repository error: the object store failed or holds bad data
+21    repository not found or not initialised
+22    snapshot not found
+130   interrupted (Ctrl-C)
+====  ===========================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_VERIFY = 4
+EXIT_CONFIG = 10
+EXIT_AUTH = 11
+EXIT_API = 12
+EXIT_REPOSITORY = 20
+EXIT_NO_REPOSITORY = 21
+EXIT_NO_SNAPSHOT = 22
+EXIT_INTERRUPTED = 130
+
+
+class KvsnapError(Exception):
+    """Base class of every error kvsnap reports; carries an exit code and a hint."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(KvsnapError):
+    """A setting, flag or configuration file is invalid or missing."""
+
+    exit_code = EXIT_CONFIG
+
+
+class NamespaceNotFound(ConfigError):
+    """A namespace given by id or title matches none, or more than one."""
+
+
+class AuthError(KvsnapError):
+    """The Cloudflare API rejected the token (401 or 403)."""
+
+    exit_code = EXIT_AUTH
+
+
+class ApiError(KvsnapError):
+    """A Cloudflare API request failed and retries did not help."""
+
+    exit_code = EXIT_API
+
+
+class RepositoryError(KvsnapError):
+    """The object store failed, or holds data kvsnap cannot use."""
+
+    exit_code = EXIT_REPOSITORY
+
+
+class RepositoryNotFound(RepositoryError):
+    """No kvsnap repository exists at the location."""
+
+    exit_code = EXIT_NO_REPOSITORY
+
+
+class SnapshotNotFound(RepositoryError):
+    """No snapshot matches the given id, prefix or selector."""
+
+    exit_code = EXIT_NO_SNAPSHOT
+
+
+class VerifyError(KvsnapError):
+    """A snapshot failed verification; the message names each bad part."""
+
+    exit_code = EXIT_VERIFY
+
+
+class PartialFailure(KvsnapError):
+    """Some namespaces of a run failed while others succeeded."""
+
+    exit_code = EXIT_PARTIAL
+
+
+class ObjectNotFound(RepositoryError):
+    """An object that kvsnap expected in the object store does not exist."""
+
+
+class ObjectExists(RepositoryError):
+    """A create-only write found an object already at the path."""
+
+
+class CorruptPart(VerifyError):
+    """A stored part is missing, has the wrong size or checksum, or bad records."""
+
+    def __init__(self, path: str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"part {path} is corrupt: {problem}", hint=hint)
+        self.path = path
+        self.problem = problem

@@ -1,0 +1,227 @@
+"""On-disk shapes of repository format version 1 and the encoding of parts.
+
+A record is one JSON line with the fields of a ``wrangler kv bulk put`` entry.
+A part is a zstd frame of records sorted by the UTF-8 bytes of their keys. The
+manifest names every part with its size and sha256 and is written last. The
+full specification is docs/FORMAT.md; this module is its executable form.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import zstandard
+
+from kvsnap.limits import ZSTD_LEVEL
+
+FORMAT_VERSION = 1
+REPOSITORY_CONFIG_NAME = "kvsnap.json"
+
+
+class Record(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One key with its value, metadata and expiration.
+
+    `value` is the UTF-8 text of the stored bytes, or their standard base64
+    form when they are not valid UTF-8, in which case `base64` is true.
+    `metadata` and `expiration` are left out when the key has none.
+    """
+
+    key: str
+    value: str
+    base64: bool = False
+    metadata: Any = msgspec.UNSET
+    expiration: int | float | msgspec.UnsetType = msgspec.UNSET
+
+    @classmethod
+    def from_bytes(
+        cls,
+        key: str,
+        data: bytes,
+        *,
+        metadata: Any = msgspec.UNSET,
+        expiration: int | float | msgspec.UnsetType = msgspec.UNSET,
+    ) -> Record:
+        """Build a record from raw value bytes, choosing text or base64."""
+        try:
+            return cls(key, data.decode("utf-8"), False, metadata, expiration)
+        except UnicodeDecodeError:
+            encoded = base64.b64encode(data).decode("ascii")
+            return cls(key, encoded, True, metadata, expiration)
+
+    def value_bytes(self) -> bytes:
+        """Return the exact bytes the key held."""
+        if self.base64:
+            return base64.b64decode(self.value, validate=True)
+        return self.value.encode("utf-8")
+
+    @property
+    def has_metadata(self) -> bool:
+        return self.metadata is not msgspec.UNSET
+
+    @property
+    def has_expiration(self) -> bool:
+        return self.expiration is not msgspec.UNSET
+
+
+class PartInfo(msgspec.Struct, frozen=True):
+    """One stored part as the manifest describes it."""
+
+    number: int
+    path: str  # relative to the repository root
+    size: int  # stored (compressed) bytes
+    sha256: str  # hex digest of the stored bytes
+    records: int
+    raw_size: int  # uncompressed JSON-lines bytes
+    first_key: str
+    last_key: str
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """The description of one snapshot; its presence makes the snapshot exist.
+
+    `read_started` and `read_finished` bound the read: a KV read is not
+    atomic, so each key holds a value it had at some moment in that window.
+    """
+
+    format_version: int = FORMAT_VERSION
+    id: str
+    tool: str = "kvsnap"
+    tool_version: str
+    account_id: str
+    namespace_id: str
+    namespace_title: str
+    read_started: str  # RFC 3339, UTC
+    read_finished: str  # RFC 3339, UTC
+    keys: int
+    value_bytes: int
+    stored_bytes: int
+    parts: list[PartInfo]
+    hostname: str = ""
+    tags: list[str] = []
+    skipped_keys: int = 0  # listed, then gone before their value was read
+
+
+class RepositoryConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The contents of kvsnap.json at the repository root."""
+
+    format_version: int = FORMAT_VERSION
+    repository_id: str
+    created: str
+    encryption: str | None = None
+
+
+# Compressed bytes fed to the decompressor at a time; any size works.
+_DECOMPRESS_CHUNK_BYTES = 1024 * 1024
+
+
+def key_order(key: str) -> bytes:
+    """Return the sort key of a KV key: its UTF-8 bytes, as KV lists them."""
+    return key.encode("utf-8")
+
+
+_record_encoder = msgspec.json.Encoder()
+_record_decoder = msgspec.json.Decoder(Record)
+
+
+def encode_record(record: Record) -> bytes:
+    """Encode a record as one JSON line, newline included."""
+    return _record_encoder.encode(record) + b"\n"
+
+
+def decode_record(line: bytes) -> Record:
+    """Decode one JSON line into a record; raise msgspec.DecodeError if invalid."""
+    return _record_decoder.decode(line)
+
+
+def encode_json(obj: msgspec.Struct) -> bytes:
+    """Encode a manifest or repository config as indented JSON."""
+    return msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n"
+
+
+def decode_manifest(data: bytes) -> Manifest:
+    return msgspec.json.decode(data, type=Manifest)
+
+
+def decode_repository_config(data: bytes) -> RepositoryConfig:
+    return msgspec.json.decode(data, type=RepositoryConfig)
+
+
+class PartBuilder:
+    """Compress records into one part, tracking what the manifest needs."""
+
+    def __init__(self) -> None:
+        self._buffer = io.BytesIO()
+        # The frame checksum (XXH64 of the content) lets a reader detect damage
+        # even without the manifest's sha256.
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+        self._writer = compressor.stream_writer(self._buffer, closefd=False)
+        self.records = 0
+        self.raw_size = 0
+        self.first_key: str | None = None
+        self.last_key: str | None = None
+
+    def add(self, record: Record) -> None:
+        """Append a record; raise ValueError unless its key sorts after the last."""
+        if self.last_key is not None and key_order(record.key) <= key_order(
+            self.last_key
+        ):
+            raise ValueError(
+                f"record keys must be added in strictly ascending byte order:"
+                f" {record.key!r} after {self.last_key!r}"
+            )
+        line = encode_record(record)
+        self._writer.write(line)
+        self.records += 1
+        self.raw_size += len(line)
+        if self.first_key is None:
+            self.first_key = record.key
+        self.last_key = record.key
+
+    def finish(self) -> bytes:
+        """Close the zstd frame and return the part's stored bytes."""
+        self._writer.close()
+        return self._buffer.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def iter_part_records(data: bytes) -> Iterator[Record]:
+    """Decompress a stored part and yield its records in order.
+
+    A part is exactly one complete zstd frame. Raises zstandard.ZstdError for a
+    damaged, truncated or empty frame and for bytes after the frame, and
+    msgspec.DecodeError for a line that is not a valid record.
+    """
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    view = memoryview(data)
+    pending = bytearray()  # the start of a line that continues in the next chunk
+    for offset in range(0, len(view), _DECOMPRESS_CHUNK_BYTES):
+        output = decompressor.decompress(
+            view[offset : offset + _DECOMPRESS_CHUNK_BYTES]
+        )
+        start = 0
+        while (end := output.find(b"\n", start)) != -1:
+            if pending:
+                pending += output[start : end + 1]
+                yield decode_record(bytes(pending))
+                pending.clear()
+            else:
+                yield decode_record(output[start : end + 1])
+            start = end + 1
+        pending += output[start:]
+        if decompressor.eof:
+            fed = offset + _DECOMPRESS_CHUNK_BYTES
+            if decompressor.unused_data or fed < len(view):
+                raise zstandard.ZstdError("unexpected bytes after the zstd frame")
+            break
+    if not decompressor.eof:
+        raise zstandard.ZstdError("incomplete zstd frame: the part is truncated")
+    if pending:
+        yield decode_record(bytes(pending))

@@ -1,0 +1,27 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvsnap.emulator import EmulatorServer
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[EmulatorServer]:
+    """A started KV API emulator on a free port, with its data in tmp_path."""
+    with EmulatorServer(tmp_path / "emulator") as server:
+        yield server
+
+
+@pytest.fixture
+def cf_env(emulator: EmulatorServer) -> dict[str, str]:
+    """The SDK's environment variables pointing at the emulator."""
+    return {
+        "CLOUDFLARE_API_TOKEN": emulator.token,
+        "CLOUDFLARE_ACCOUNT_ID": emulator.account_id,
+        "CLOUDFLARE_BASE_URL": emulator.base_url,
+    }

@@ -1,0 +1,116 @@
+"""Namespace resolution (case K09) and the key-list guards of KvClient."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kvsnap.cloudflare import KvClient, Namespace, resolve_namespace
+from kvsnap.emulator import EmulatorServer
+from kvsnap.emulator.faults import Fault
+from kvsnap.errors import ApiError, NamespaceNotFound
+from kvsnap.seed import SeedEntry
+from tests.kvtools import create_namespace
+
+CACHE = Namespace("0123456789abcdef0123456789abcdef", "app-CACHE")
+TITLED_LIKE_ID = Namespace(
+    "fedcba9876543210fedcba9876543210", "0123456789abcdef0123456789abcdef"
+)
+AVAILABLE = [CACHE, TITLED_LIKE_ID]
+
+
+def test_resolve_by_title_and_id() -> None:
+    assert resolve_namespace("app-CACHE", AVAILABLE) == CACHE
+    assert (
+        resolve_namespace("fedcba9876543210fedcba9876543210", AVAILABLE)
+        == TITLED_LIKE_ID
+    )
+
+
+def test_resolve_id_equal_to_other_title_is_ambiguous() -> None:
+    with pytest.raises(NamespaceNotFound) as caught:
+        resolve_namespace(CACHE.id, AVAILABLE)
+
+    message = str(caught.value)
+    assert "ambiguous" in message
+    assert CACHE.id in message
+    assert TITLED_LIKE_ID.id in message
+    assert f"id:{CACHE.id}" in (caught.value.hint or "")
+
+
+def test_resolve_explicit_field() -> None:
+    assert resolve_namespace(f"id:{CACHE.id}", AVAILABLE) == CACHE
+    assert resolve_namespace(f"title:{CACHE.id}", AVAILABLE) == TITLED_LIKE_ID
+
+
+def test_resolve_unknown_lists_candidates() -> None:
+    with pytest.raises(NamespaceNotFound) as caught:
+        resolve_namespace("app-cache", AVAILABLE)
+
+    assert "'app-CACHE'" in str(caught.value)
+    assert "app-CACHE (0123456789abcdef0123456789abcdef)" in (caught.value.hint or "")
+
+
+def test_resolve_is_case_sensitive() -> None:
+    with pytest.raises(NamespaceNotFound):
+        resolve_namespace("APP-CACHE", [CACHE])
+
+
+def client_for(server: EmulatorServer, **options) -> KvClient:
+    return KvClient(
+        api_token=server.token,
+        account_id=server.account_id,
+        base_url=server.base_url,
+        **options,
+    )
+
+
+def test_repeated_cursor_is_an_error(emulator: EmulatorServer) -> None:
+    body = (
+        b'{"success":true,"errors":[],"messages":[],'
+        b'"result":[{"name":"a"}],"result_info":{"count":1,"cursor":"same"}}'
+    )
+    emulator.inject("GET keys", [Fault(status=200, body=body)], repeat_last=True)
+
+    async def list_all() -> None:
+        async with client_for(emulator) as client:
+            async for _ in client.iter_key_pages("0" * 32):
+                pass
+
+    with pytest.raises(ApiError, match="twice"):
+        asyncio.run(list_all())
+
+
+def test_empty_page_with_cursor_continues(emulator: EmulatorServer) -> None:
+    empty = (
+        b'{"success":true,"errors":[],"messages":[],'
+        b'"result":[],"result_info":{"count":0,"cursor":"next-page"}}'
+    )
+    last = (
+        b'{"success":true,"errors":[],"messages":[],'
+        b'"result":[{"name":"z"}],"result_info":{"count":1,"cursor":""}}'
+    )
+    emulator.inject(
+        "GET keys", [Fault(status=200, body=empty), Fault(status=200, body=last)]
+    )
+
+    async def list_all() -> list[list[str]]:
+        async with client_for(emulator) as client:
+            return [
+                [k.name for k in page] async for page in client.iter_key_pages("0" * 32)
+            ]
+
+    assert asyncio.run(list_all()) == [[], ["z"]]
+
+
+def test_error_body_never_becomes_value(emulator: EmulatorServer) -> None:
+    # A 429 body on a raw value read must be retried, not returned as the value.
+    namespace_id = create_namespace(emulator, "ns", [SeedEntry("bin", b"\xff\x00")])
+    emulator.inject("GET values", [Fault(status=429, retry_after=0)])
+
+    async def read() -> tuple[bytes, str | None] | None:
+        async with client_for(emulator) as client:
+            return await client.get_value(namespace_id, "bin")
+
+    assert asyncio.run(read()) == (b"\xff\x00", None)
