@@ -9,6 +9,9 @@ import pytest
 
 from kvsnap.emulator import EmulatorServer
 
+# The S3 server fixtures (rclone, moto, the fault proxy) live in their own module.
+pytest_plugins = ["tests.s3servers"]
+
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[EmulatorServer]:

@@ -159,7 +159,7 @@ async def run_backup(
         outcome.requests = client.requests - requests_before
         if outcome.ok:
             log.info(
-                "backed up %s: %d keys, %d bytes in %.1f s, snapshot %s",
+                "backed up %s: %d keys, %d bytes in %.2f s, snapshot %s",
                 namespace.title,
                 outcome.keys,
                 outcome.value_bytes,

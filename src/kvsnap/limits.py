@@ -39,7 +39,7 @@ DEFAULT_REQUEST_TIMEOUT_SECONDS = 60.0
 DEFAULT_PART_BYTES = 32 * 1024 * 1024
 ZSTD_LEVEL = 3
 
-# Object storage (kvsnap.storage). obstore retries 5xx answers, connection
+# Object storage (kvsnap.storage). obstore retries 5xx responses, connection
 # errors and timeouts itself (obstore 0.12 RetryConfig); kvsnap keeps that
 # inner loop short and wraps each operation in a few attempts of its own. A
 # failing request therefore takes at most about STORAGE_MAX_ATTEMPTS x

@@ -46,12 +46,14 @@ class _MaskFilter(logging.Filter):
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
         fields = [
-            f"{name}={getattr(record, name)}"
+            f"{name}={value}"
             for name in CONTEXT_FIELDS
-            if getattr(record, name, None) is not None
+            if (value := getattr(record, name, None)) is not None
+            and str(value) not in message
         ]
-        line = f"{record.levelname.lower()}: {record.getMessage()}"
+        line = f"{record.levelname.lower()}: {message}"
         if fields:
             line += " " + " ".join(fields)
         if record.exc_text:

@@ -60,8 +60,8 @@ def _print(result: DemoResult) -> None:
     for check in result.verified:
         status = "[green]ok[/]" if check.ok else "[red]FAILED[/]"
         out.print(
-            f"  {check.snapshot_id}  {status}  {check.parts_checked} parts, "
-            f"{check.records_checked} records, {check.bytes_read} bytes re-read",
+            f"  {check.snapshot_id}  {status}  parts {check.parts_checked}, "
+            f"records {check.records_checked}, bytes re-read {check.bytes_read}",
             highlight=False,
         )
         for problem in check.problems:

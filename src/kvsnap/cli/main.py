@@ -20,7 +20,7 @@ from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
 from kvsnap.cli.app import app
 from kvsnap.cli.output import stderr
 from kvsnap.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KvsnapError
-from kvsnap.logs import configure_logging
+from kvsnap.logs import configure_logging, mask
 
 _debug = False
 
@@ -74,9 +74,9 @@ def run() -> None:
     except KvsnapError as exc:
         if _debug:
             logging.getLogger("kvsnap").exception("error")
-        stderr.print(f"error: {exc.message}", markup=False, highlight=False)
+        stderr.print(f"error: {mask(exc.message)}", markup=False, highlight=False)
         if exc.hint:
-            stderr.print(f"hint: {exc.hint}", markup=False, highlight=False)
+            stderr.print(f"hint: {mask(exc.hint)}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
     except Exception:
         logging.getLogger("kvsnap").exception("unexpected error (a bug in kvsnap)")

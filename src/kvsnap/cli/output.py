@@ -9,7 +9,9 @@ import msgspec
 from rich.console import Console
 
 # Results (tables, --json) go to stdout; logs, progress and errors to stderr.
-stdout = Console(soft_wrap=True)
+# Rich wraps tables to 80 columns when stdout is not a terminal; piped output
+# is read by tools and people alike, so give tables room instead.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -199,6 +200,18 @@ class _HTTPServer(ThreadingHTTPServer):
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failed request instead of printing a traceback to stderr.
+
+        A client that goes away mid-answer (a timeout, a cancelled task)
+        raises ConnectionError here, which is normal for a server.
+        """
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client %s went away: %s", client_address, error)
+        else:
+            log.exception("request from %s failed", client_address)
 
     def track(self, connection: socket.socket, is_open: bool) -> None:
         with self._open_lock:

@@ -1,0 +1,205 @@
+"""Verify snapshots: every part present and intact, and the manifest consistent.
+
+A quick check (the default) requests each part's size from the store. With
+``read_data`` every part is downloaded and checked in full: size, sha256,
+the zstd frame, every record, record count, first and last key, strict key
+order within and across parts, and the manifest's key and value byte totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import msgspec
+
+from kvsnap.errors import CorruptPart, SnapshotNotFound, VerifyError
+from kvsnap.format import Manifest, PartInfo
+from kvsnap.limits import STORAGE_CONCURRENCY
+from kvsnap.repository import LATEST, Repository, decode_part, manifest_path_of
+
+logger = logging.getLogger(__name__)
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """One thing wrong with a snapshot: the object it concerns and what is wrong."""
+
+    path: str  # a part, or the manifest for totals that do not add up
+    message: str
+
+
+class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of verifying one snapshot."""
+
+    snapshot_id: str
+    namespace_id: str
+    namespace_title: str
+    read_started: str
+    read_data: bool
+    ok: bool
+    parts_checked: int
+    records_checked: int
+    bytes_read: int  # part bytes downloaded; 0 without read_data
+    problems: list[Problem]
+
+
+async def verify_snapshot(
+    repo: Repository, manifest: Manifest, *, read_data: bool
+) -> VerifyResult:
+    """Check one snapshot and return the problems found instead of raising them.
+
+    Errors of the store itself (a failed request after retries) are raised as
+    RepositoryError, because they say nothing about the snapshot.
+    """
+    if read_data:
+        scan = await _read_parts(repo, manifest)
+    else:
+        scan = _PartScan(await _check_sizes(repo, manifest.parts))
+    problems = scan.problems + _manifest_problems(manifest)
+    if read_data and not scan.problems and scan.value_bytes != manifest.value_bytes:
+        problems.append(
+            Problem(
+                manifest_path_of(manifest),
+                f"value_bytes is {manifest.value_bytes} but the values add up"
+                f" to {scan.value_bytes}",
+            )
+        )
+
+    result = VerifyResult(
+        snapshot_id=manifest.id,
+        namespace_id=manifest.namespace_id,
+        namespace_title=manifest.namespace_title,
+        read_started=manifest.read_started,
+        read_data=read_data,
+        ok=not problems,
+        parts_checked=len(manifest.parts),
+        records_checked=scan.records,
+        bytes_read=scan.bytes_read,
+        problems=problems,
+    )
+    logger.debug(
+        "verified snapshot %s: %s",
+        manifest.id,
+        "ok" if result.ok else f"{len(problems)} problems",
+        extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
+    )
+    return result
+
+
+def _manifest_problems(manifest: Manifest) -> list[Problem]:
+    """Check the manifest's totals against its own part list."""
+    path = manifest_path_of(manifest)
+    problems = []
+    part_records = sum(part.records for part in manifest.parts)
+    if part_records != manifest.keys:
+        problems.append(
+            Problem(
+                path,
+                f"keys is {manifest.keys} but the parts hold {part_records} records",
+            )
+        )
+    part_bytes = sum(part.size for part in manifest.parts)
+    if part_bytes != manifest.stored_bytes:
+        problems.append(
+            Problem(
+                path,
+                f"stored_bytes is {manifest.stored_bytes} but the parts add up to"
+                f" {part_bytes}",
+            )
+        )
+    return problems
+
+
+async def _check_sizes(repo: Repository, parts: list[PartInfo]) -> list[Problem]:
+    limit = asyncio.Semaphore(STORAGE_CONCURRENCY)
+
+    async def check(part: PartInfo) -> Problem | None:
+        async with limit:
+            size = await repo.storage.head(part.path)
+        if size is None:
+            return Problem(part.path, "missing")
+        if size != part.size:
+            return Problem(part.path, f"size is {size} bytes, expected {part.size}")
+        return None
+
+    found = await asyncio.gather(*(check(part) for part in parts))
+    return [problem for problem in found if problem is not None]
+
+
+@dataclass
+class _PartScan:
+    problems: list[Problem]
+    records: int = 0
+    bytes_read: int = 0
+    value_bytes: int = 0
+
+
+async def _read_parts(repo: Repository, manifest: Manifest) -> _PartScan:
+    """Download and decode every part, one at a time."""
+    scan = _PartScan([])
+    previous_key: str | None = None
+    for part in manifest.parts:
+        try:
+            data = await repo.read_part(part)
+            scan.bytes_read += len(data)
+            records = decode_part(part, data, previous_key)
+        except CorruptPart as exc:
+            scan.problems.append(Problem(part.path, exc.problem))
+        else:
+            scan.records += len(records)
+            scan.value_bytes += sum(len(record.value_bytes()) for record in records)
+        # The manifest's last key replaces the one of a part that could not be read.
+        previous_key = part.last_key
+    return scan
+
+
+async def verify_repository(
+    repo: Repository,
+    selector: str | None = None,
+    *,
+    namespace: str | None = None,
+    read_data: bool = False,
+) -> list[VerifyResult]:
+    """Verify the selected snapshot, or every snapshot (of `namespace`, if given).
+
+    With both a selector and a namespace, ``latest`` means the namespace's
+    latest snapshot, and any other selector must name a snapshot of it.
+    """
+    if selector is None:
+        manifests = await repo.snapshots(namespace)
+    elif namespace is not None and selector.strip() == LATEST:
+        manifests = [await repo.resolve(f"{LATEST}@{namespace}")]
+    else:
+        manifest = await repo.resolve(selector)
+        if namespace is not None and namespace not in (
+            manifest.namespace_id,
+            manifest.namespace_title,
+        ):
+            raise SnapshotNotFound(
+                f"snapshot {manifest.id} belongs to namespace"
+                f" {manifest.namespace_title} ({manifest.namespace_id}),"
+                f" not {namespace}"
+            )
+        manifests = [manifest]
+
+    results = []
+    for manifest in manifests:
+        results.append(await verify_snapshot(repo, manifest, read_data=read_data))
+    return results
+
+
+def raise_for_failures(results: list[VerifyResult]) -> None:
+    """Raise VerifyError naming each bad part if any snapshot failed."""
+    failed = [result for result in results if not result.ok]
+    if not failed:
+        return
+    lines = [
+        f"{result.snapshot_id}: {problem.path}: {problem.message}"
+        for result in failed
+        for problem in result.problems
+    ]
+    raise VerifyError(
+        f"{len(failed)} of {len(results)} snapshots failed verification:\n"
+        + "\n".join(lines)
+    )

@@ -1,0 +1,158 @@
+"""Tests of kvsnap.export and the `kvsnap export` command."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from kvsnap.errors import CorruptPart
+from kvsnap.export import export_snapshot, export_to_file
+from kvsnap.format import Record
+from kvsnap.repository import Repository
+from tests.test_repository import make_records, run, write_snapshot
+from tests.test_verify import cli, truncate_parts
+
+RECORDS = [
+    Record("binary", base64.b64encode(b"\x00\x9f\xff").decode(), base64=True),
+    Record("json-text", '{"b":1, "a":2}'),
+    Record("number-text", "123"),
+    Record("with-expiration", "soon", expiration=1_900_000_000),
+    Record("with-metadata", "v", metadata={"owner": "ops", "n": [1, 2]}),
+    Record("\u00e9t\u00e9", "unicode key", metadata=None),
+]
+
+EXPECTED = [
+    {"key": "binary", "value": "AJ//", "base64": True},
+    {"key": "json-text", "value": '{"b":1, "a":2}'},
+    {"key": "number-text", "value": "123"},
+    {"key": "with-expiration", "value": "soon", "expiration": 1_900_000_000},
+    {"key": "with-metadata", "value": "v", "metadata": {"owner": "ops", "n": [1, 2]}},
+    {"key": "\u00e9t\u00e9", "value": "unicode key", "metadata": None},
+]
+
+
+def export_bytes(repo: Repository, manifest) -> bytes:  # type: ignore[no-untyped-def]
+    out = io.BytesIO()
+    run(export_snapshot(repo, manifest, out))
+    return out.getvalue()
+
+
+def test_export_matches_records_exactly(repo_url: str) -> None:
+    repo = run(Repository.init(repo_url))
+    manifest = run(write_snapshot(repo, [RECORDS[:2], RECORDS[2:5], RECORDS[5:]]))
+    exported = export_bytes(repo, manifest)
+    assert json.loads(exported) == EXPECTED
+    # Values are copied, never parsed: the text keeps its spaces and key order.
+    assert b'"value":"{\\"b\\":1, \\"a\\":2}"' in exported
+    assert b'"value":"123"' in exported
+    assert b'"base64":false' not in exported
+    assert exported.startswith(b'[\n{"key":"binary",')
+    assert exported.endswith(b'"metadata":null}\n]\n')
+    assert exported.count(b",\n") == len(RECORDS) - 1
+
+
+def test_export_decodes_binary_exactly(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    raw = bytes(range(256))
+    manifest = run(write_snapshot(repo, [[Record.from_bytes("blob", raw)]]))
+    (element,) = json.loads(export_bytes(repo, manifest))
+    assert element["base64"] is True
+    assert base64.b64decode(element["value"]) == raw
+
+
+def test_export_empty_snapshot(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, []))
+    assert export_bytes(repo, manifest) == b"[]\n"
+
+
+def test_export_to_file_renames_when_complete(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, [make_records(10), make_records(10, "z")]))
+    target = tmp_path / "out.json"
+    result = run(export_to_file(repo, manifest, target))
+    assert result.records == 20
+    assert result.bytes_written == target.stat().st_size
+    assert len(json.loads(target.read_bytes())) == 20
+    assert not (tmp_path / "out.json.partial").exists()
+
+
+def test_export_bad_part_leaves_no_file(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, [make_records(10), make_records(10, "z")]))
+    truncate_parts(repo, manifest)
+    target = tmp_path / "out.json"
+    with pytest.raises(CorruptPart, match="size is 0 bytes"):
+        run(export_to_file(repo, manifest, target))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["repo"]
+
+
+def test_export_bad_second_part_keeps_old_file(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, [make_records(10), make_records(10, "z")]))
+    run(repo.storage.put(manifest.parts[1].path, b"garbage"))
+    target = tmp_path / "out.json"
+    target.write_text("previous export")
+    with pytest.raises(CorruptPart) as caught:
+        run(export_to_file(repo, manifest, target))
+    assert caught.value.path == manifest.parts[1].path
+    assert target.read_text() == "previous export"
+    assert not (tmp_path / "out.json.partial").exists()
+
+
+# The command line.
+
+
+def test_cli_export_stdout_and_file(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    repo = run(Repository.init(url))
+    manifest = run(write_snapshot(repo, [RECORDS[:3], RECORDS[3:]]))
+
+    to_stdout = cli("export", "latest", repo=url)
+    assert to_stdout.returncode == 0
+    assert to_stdout.stderr == ""
+    assert json.loads(to_stdout.stdout) == EXPECTED
+
+    target = tmp_path / "export.json"
+    to_file = cli("export", manifest.id[:8], "-o", str(target), repo=url)
+    assert to_file.returncode == 0
+    assert to_file.stdout == ""
+    assert to_file.stderr == (
+        f"exported 6 records of snapshot {manifest.id} to {target}\n"
+    )
+    assert target.read_text() == to_stdout.stdout
+
+
+def test_cli_export_corrupt_part_fails(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    repo = run(Repository.init(url))
+    manifest = run(write_snapshot(repo, [make_records(10), make_records(10, "z")]))
+    first_path, _ = truncate_parts(repo, manifest)
+    target = tmp_path / "export.json"
+
+    to_file = cli("export", "latest", "-o", str(target), repo=url)
+    assert to_file.returncode == 4
+    assert to_file.stdout == ""
+    assert to_file.stderr.startswith(
+        f"error: part {first_path} is corrupt: size is 0 bytes"
+    )
+    assert not target.exists()
+    assert not (tmp_path / "export.json.partial").exists()
+
+    to_stdout = cli("export", "latest", repo=url)
+    assert to_stdout.returncode == 4
+    assert to_stdout.stdout == "["
+    assert to_stdout.stderr.startswith(f"error: part {first_path} is corrupt")
+
+
+def test_cli_export_needs_repository(tmp_path: Path) -> None:
+    done = cli("export", "latest", repo="")
+    assert done.returncode == 10
+    assert done.stdout == ""
+    assert done.stderr == (
+        "error: no repository given: pass --repo or set KVSNAP_REPOSITORY\n"
+    )
