@@ -114,3 +114,22 @@ def test_error_body_never_becomes_value(emulator: EmulatorServer) -> None:
             return await client.get_value(namespace_id, "bin")
 
     assert asyncio.run(read()) == (b"\xff\x00", None)
+
+
+def test_last_page_without_cursor_ends(emulator: EmulatorServer) -> None:
+    first = (
+        b'{"success":true,"errors":[],"messages":[],'
+        b'"result":[{"name":"a"}],"result_info":{"count":1,"cursor":"c1"}}'
+    )
+    last = b'{"success":true,"errors":[],"messages":[],"result":[{"name":"b"}]}'
+    emulator.inject(
+        "GET keys", [Fault(status=200, body=first), Fault(status=200, body=last)]
+    )
+
+    async def list_all() -> list[list[str]]:
+        async with client_for(emulator) as client:
+            return [
+                [k.name for k in page] async for page in client.iter_key_pages("0" * 32)
+            ]
+
+    assert asyncio.run(list_all()) == [["a"], ["b"]]

@@ -155,4 +155,5 @@ def test_cli_export_needs_repository(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr == (
         "error: no repository given: pass --repo or set KVSNAP_REPOSITORY\n"
+        "hint: for example --repo ./backups, s3://bucket/kv or r2://bucket/kv\n"
     )

@@ -21,6 +21,7 @@ Exit codes, never reused for another meaning:
 21    repository not found or not initialised
 22    snapshot not found
 130   interrupted (Ctrl-C)
+141   the reader of standard output closed it early (128 + SIGPIPE)
 ====  ===========================================================
 """
 
@@ -38,6 +39,7 @@ EXIT_REPOSITORY = 20
 EXIT_NO_REPOSITORY = 21
 EXIT_NO_SNAPSHOT = 22
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class KvsnapError(Exception):

@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 
 from kvsnap.cli.app import app
-from kvsnap.cli.output import stderr, stdout
+from kvsnap.cli.output import print_table, stderr, stdout
+from kvsnap.cli.repository import snapshot_table
 from kvsnap.demo import DemoResult, run_demo
 from kvsnap.errors import EXIT_OK, EXIT_VERIFY
 from kvsnap.progress import Reporter, RichReporter
@@ -44,8 +45,6 @@ def demo(
 
 
 def _print(result: DemoResult) -> None:
-    from kvsnap.cli.render import snapshot_table
-
     out = stdout
     out.print(
         f"\n[bold]Emulator[/] {result.base_url} (stopped), account {result.account_id}"
@@ -54,7 +53,7 @@ def _print(result: DemoResult) -> None:
         out.print(f"  seeded {title}: {keys} keys", highlight=False)
 
     out.print("\n[bold]Snapshots[/]")
-    out.print(snapshot_table(result.snapshots))
+    print_table(snapshot_table(result.snapshots))
 
     out.print("[bold]Verify --read-data[/]")
     for check in result.verified:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 import typer
 
 from kvsnap.cli.app import app
+from kvsnap.cli.options import RepoOption
 from kvsnap.cli.output import stderr
-from kvsnap.cli.repository import repo_option, repository_url
+from kvsnap.cli.repository import repository_url
+from kvsnap.errors import EXIT_BROKEN_PIPE
 from kvsnap.export import ExportResult, export_snapshot, export_to_file
 from kvsnap.repository import Repository
 
@@ -37,11 +40,16 @@ def export_command(
         help="File to write; - for stdout. A file is complete only when the"
         " command succeeds.",
     ),
-    repo: str | None = repo_option(),
+    repo: str | None = RepoOption,
 ) -> None:
     """Write a snapshot as a JSON array for `wrangler kv bulk put`."""
     url = repository_url(repo)
-    result = asyncio.run(_export(url, snapshot, output))
+    try:
+        result = asyncio.run(_export(url, snapshot, output))
+    except BrokenPipeError:
+        # The reader of stdout went away, as in `kvsnap export latest | head`.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     if output != STDOUT_NAME:
         stderr.print(
             f"exported {result.records} records of snapshot {result.snapshot_id}"

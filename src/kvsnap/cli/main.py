@@ -19,7 +19,11 @@ from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
 )
 from kvsnap.cli.app import app
 from kvsnap.cli.output import stderr
-from kvsnap.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, KvsnapError
+from kvsnap.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    KvsnapError,
+)
 from kvsnap.logs import configure_logging, mask
 
 _debug = False

@@ -1,4 +1,4 @@
-"""Commands `kvsnap init` and `kvsnap snapshots`, and the shared --repo option."""
+"""Commands `kvsnap init` and `kvsnap snapshots`."""
 
 from __future__ import annotations
 
@@ -6,41 +6,23 @@ import asyncio
 from typing import Any
 
 import typer
-from rich.measure import Measurement
 from rich.table import Table
 
 from kvsnap.cli.app import app
-from kvsnap.cli.output import print_json, stderr, stdout
-from kvsnap.errors import ConfigError
+from kvsnap.cli.options import RepoOption
+from kvsnap.cli.output import print_json, print_table, stderr, stdout
+from kvsnap.config import load_settings
 from kvsnap.format import Manifest
 from kvsnap.repository import Repository, parse_timestamp
 
-REPOSITORY_ENVVAR = "KVSNAP_REPOSITORY"
-
-
-def repo_option() -> Any:
-    """Return the --repo option that every repository command takes."""
-    return typer.Option(
-        None,
-        "--repo",
-        envvar=REPOSITORY_ENVVAR,
-        show_envvar=True,
-        help="Repository: a local path, file:///path, s3://bucket/prefix or"
-        " r2://bucket/prefix.",
-    )
-
 
 def repository_url(option_value: str | None) -> str:
-    """Return the repository URL to use; raise ConfigError if none was given."""
-    if option_value is None or not option_value.strip():
-        raise ConfigError(
-            f"no repository given: pass --repo or set {REPOSITORY_ENVVAR}"
-        )
-    return option_value.strip()
+    """Return the repository URL from --repo, KVSNAP_REPOSITORY or kvsnap.toml."""
+    return load_settings(repository=option_value).require_repository()
 
 
 @app.command("init")
-def init_command(repo: str | None = repo_option()) -> None:
+def init_command(repo: str | None = RepoOption) -> None:
     """Create an empty repository (backups into an empty location do it too)."""
     repository = asyncio.run(Repository.init(repository_url(repo)))
     stdout.print(
@@ -61,7 +43,7 @@ def snapshots_command(
         None, "--namespace", "-n", help="Only snapshots of this namespace id or title."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON array."),
-    repo: str | None = repo_option(),
+    repo: str | None = RepoOption,
 ) -> None:
     """List the snapshots in the repository, oldest first."""
     url = repository_url(repo)
@@ -72,16 +54,7 @@ def snapshots_command(
     if not manifests:
         stderr.print(f"no snapshots in {url}", markup=False, highlight=False)
         return
-    table = snapshot_table(manifests)
-    # A narrow terminal or a pipe (80 columns) would cut the ids, which users
-    # copy into other commands, so the console widens to fit the table.
-    needed = Measurement.get(stdout, stdout.options.update_width(1000), table).maximum
-    width = stdout.width
-    stdout.width = max(width, needed)
-    try:
-        stdout.print(table)
-    finally:
-        stdout.width = width
+    print_table(snapshot_table(manifests))
 
 
 def snapshot_summary(manifest: Manifest) -> dict[str, Any]:

@@ -7,8 +7,9 @@ import asyncio
 import typer
 
 from kvsnap.cli.app import app
+from kvsnap.cli.options import RepoOption
 from kvsnap.cli.output import print_json, stderr, stdout
-from kvsnap.cli.repository import repo_option, repository_url
+from kvsnap.cli.repository import repository_url
 from kvsnap.repository import Repository
 from kvsnap.verify import VerifyResult, raise_for_failures, verify_repository
 
@@ -43,7 +44,7 @@ def verify_command(
         "--json",
         help="Print a JSON object (an array when no SNAPSHOT is given).",
     ),
-    repo: str | None = repo_option(),
+    repo: str | None = RepoOption,
 ) -> None:
     """Check that snapshots are complete and intact; exit 4 if one is not."""
     url = repository_url(repo)
