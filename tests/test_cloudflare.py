@@ -10,6 +10,7 @@ from kvsnap.cloudflare import KvClient, Namespace, resolve_namespace
 from kvsnap.emulator import EmulatorServer
 from kvsnap.emulator.faults import Fault
 from kvsnap.errors import ApiError, NamespaceNotFound
+from kvsnap.ratelimit import RetryPolicy
 from kvsnap.seed import SeedEntry
 from tests.kvtools import create_namespace
 
@@ -133,3 +134,28 @@ def test_last_page_without_cursor_ends(emulator: EmulatorServer) -> None:
             ]
 
     assert asyncio.run(list_all()) == [["a"], ["b"]]
+
+
+def test_timeout_is_retried(emulator: EmulatorServer) -> None:
+    namespace_id = create_namespace(emulator, "slow", [SeedEntry("k", b"value")])
+    emulator.inject("GET values", [Fault(status=200, delay_ms=1500, body=b"late")])
+
+    async def read() -> tuple[bytes, str | None] | None:
+        async with client_for(emulator, timeout=0.5) as client:
+            found = await client.get_value(namespace_id, "k")
+            assert client.retries == 1
+            return found
+
+    assert asyncio.run(read()) == (b"value", None)
+
+
+def test_retries_exhausted_names_last_error(emulator: EmulatorServer) -> None:
+    namespace_id = create_namespace(emulator, "down", [SeedEntry("k", b"value")])
+    emulator.inject("GET values", [Fault(status=503)], repeat_last=True)
+
+    async def read() -> None:
+        async with client_for(emulator, policy=RetryPolicy(max_attempts=3)) as client:
+            await client.get_value(namespace_id, "k")
+
+    with pytest.raises(ApiError, match="failed after 3 attempts: HTTP 503"):
+        asyncio.run(read())

@@ -88,11 +88,11 @@ class _BulkGetEnvelope(msgspec.Struct):
 
 
 class _NotFound(Exception):
-    """The API answered 404: a key or namespace that does not exist."""
+    """The API returned 404 for a key or namespace that does not exist."""
 
 
 class _Rejected(Exception):
-    """The API answered 4xx (other than 401, 403, 404, 429) to a request."""
+    """The API rejected a request with 4xx (other than 401, 403, 404 and 429)."""
 
 
 @dataclass
@@ -147,7 +147,7 @@ class KvClient:
 
     # Requests, retries and error translation.
 
-    async def _call(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, operation: str, request: Callable[[], Awaitable[T]]) -> T:
         """Run one API request under the budget, retrying transient failures."""
         last_error = ""
         for attempt in range(1, self.policy.max_attempts + 1):
@@ -175,7 +175,8 @@ class KvClient:
                     cloudflare.PermissionDeniedError,
                 ) as exc:
                     raise AuthError(
-                        f"the API token was rejected ({_describe(exc)}) for {what}",
+                        f"{operation} failed: the API token was rejected "
+                        f"({_describe(exc)})",
                         hint="check CLOUDFLARE_API_TOKEN and that the token has "
                         "'Workers KV Storage' permission on this account",
                     ) from exc
@@ -187,7 +188,7 @@ class KvClient:
                 self.retries += 1
                 log.warning(
                     "%s failed (%s); retry %d of %d in %.1f s",
-                    what,
+                    operation,
                     last_error,
                     attempt,
                     self.policy.max_attempts - 1,
@@ -195,18 +196,19 @@ class KvClient:
                 )
                 await asyncio.sleep(delay)
         raise ApiError(
-            f"{what} failed after {self.policy.max_attempts} attempts: {last_error}",
+            f"{operation} failed after {self.policy.max_attempts} attempts: "
+            f"{last_error}",
             hint="the API kept failing; run again later, or raise --max-attempts",
         )
 
     async def _read_json(
-        self, what: str, send: Callable[[], Awaitable[Any]], type_: type[T]
+        self, operation: str, send: Callable[[], Awaitable[Any]], type_: type[T]
     ) -> T:
         async def request() -> T:
             response = await send()
             return msgspec.json.decode(await response.read(), type=type_)
 
-        return await self._call(what, request)
+        return await self._call(operation, request)
 
     # Namespaces.
 
@@ -349,6 +351,9 @@ class KvClient:
         concurrently; a bounded queue of pending batches keeps memory flat.
         Metadata and expiration come from the key list.
         """
+        # NOTE: the key list gives no value sizes, so a batch of 100 values of
+        # 25 MiB each would hold 2.5 GB in memory; memory is bounded by the
+        # number of pending batches, not by bytes.
         pending: asyncio.Queue[asyncio.Task[list[Record]] | None] = asyncio.Queue(
             maxsize=2 * self.concurrency
         )
@@ -544,9 +549,9 @@ def resolve_namespace(name: str, available: list[Namespace]) -> Namespace:
 def _candidates(available: list[Namespace]) -> str:
     if not available:
         return "the account has no KV namespaces"
-    shown = ", ".join(f"{ns.title} ({ns.id})" for ns in available[:20])
+    listed = ", ".join(f"{ns.title} ({ns.id})" for ns in available[:20])
     more = f" and {len(available) - 20} more" if len(available) > 20 else ""
-    return f"namespaces in the account: {shown}{more}"
+    return f"namespaces in the account: {listed}{more}"
 
 
 def _describe(exc: cloudflare.APIStatusError) -> str:
