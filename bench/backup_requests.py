@@ -48,7 +48,9 @@ def main() -> None:
             client = cloudflare.Cloudflare(
                 api_token=server.token, base_url=server.base_url, max_retries=0
             )
-            write_namespace(client, server.account_id, "bench", synthetic_entries(args.keys))
+            write_namespace(
+                client, server.account_id, "bench", synthetic_entries(args.keys)
+            )
             server.reset_stats()
             env = {
                 "CLOUDFLARE_API_TOKEN": server.token,

@@ -313,3 +313,41 @@ def test_backup_empty_namespace(emulator: EmulatorServer, repo: str) -> None:
     [manifest] = snapshots(repo)
     assert manifest.keys == 0
     assert manifest.parts == []
+
+
+NAMESPACE_GONE = (
+    b'{"success":false,"errors":[{"code":10013,"message":"namespace not found"}],'
+    b'"messages":[],"result":null}'
+)
+
+
+def test_backup_namespace_deleted_midway(emulator: EmulatorServer, repo: str) -> None:
+    create_namespace(emulator, "victim", [SeedEntry(f"k{i}", b"v") for i in range(50)])
+    create_namespace(emulator, "after", [SeedEntry("a", b"1")])
+    emulator.inject("POST bulk/get", [Fault(status=404, body=NAMESPACE_GONE)])
+
+    result = backup(emulator, repo, "victim", "after", "--json")
+
+    assert result.code == 3, result.stderr
+    outcome = json.loads(result.stdout)["namespaces"]
+    assert [ns["ok"] for ns in outcome] == [False, True]
+    assert "not found" in outcome[0]["error"]
+    assert [m.namespace_title for m in snapshots(repo)] == ["after"]
+
+
+def test_backup_rate_limit_exhausted_no_fallback(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    create_namespace(
+        emulator, "limited", [SeedEntry(f"k{i}", b"v") for i in range(300)]
+    )
+    emulator.inject(
+        "POST bulk/get", [Fault(status=429, retry_after=0)], repeat_last=True
+    )
+
+    result = backup(emulator, repo, "limited", "--max-attempts", "2")
+
+    assert result.code == 12
+    assert "HTTP 429" in result.stderr
+    assert emulator.stats()["requests"].get("GET values", 0) == 0
+    assert snapshots(repo) == []

@@ -15,21 +15,25 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+FILE_ACCOUNT = "f" * 32
+ENV_ACCOUNT = "e" * 32
+
+
 def test_flag_over_env_over_file(tmp_path: Path) -> None:
     config = write(
         tmp_path / "kvsnap.toml",
-        'repository = "file-repo"\n[cloudflare]\naccount_id = "file-account"\n',
+        f'repository = "file-repo"\n[cloudflare]\naccount_id = "{FILE_ACCOUNT}"\n',
     )
-    env = {"KVSNAP_REPOSITORY": "env-repo", "CLOUDFLARE_ACCOUNT_ID": "env-account"}
+    env = {"KVSNAP_REPOSITORY": "env-repo", "CLOUDFLARE_ACCOUNT_ID": ENV_ACCOUNT}
 
     from_file = load_settings(config_file=config, env={})
     from_env = load_settings(config_file=config, env=env)
     from_flag = load_settings(config_file=config, env=env, repository="flag-repo")
 
-    assert (from_file.repository, from_file.account_id) == ("file-repo", "file-account")
-    assert (from_env.repository, from_env.account_id) == ("env-repo", "env-account")
+    assert (from_file.repository, from_file.account_id) == ("file-repo", FILE_ACCOUNT)
+    assert (from_env.repository, from_env.account_id) == ("env-repo", ENV_ACCOUNT)
     assert from_flag.repository == "flag-repo"
-    assert from_flag.account_id == "env-account"
+    assert from_flag.account_id == ENV_ACCOUNT
 
 
 def test_file_backup_table(tmp_path: Path) -> None:
@@ -104,3 +108,49 @@ def test_sizes() -> None:
 def test_base_url_must_be_http(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ftp://x"):
         load_settings(env={"CLOUDFLARE_BASE_URL": "ftp://x"})
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("repository = 5", "repository = 5"),
+        ("rate_limit = 1200", "1200/300"),
+        ('namespaces = "one"', "a list of strings"),
+        ("all = 1", "true or false"),
+    ],
+)
+def test_file_value_types_checked(tmp_path: Path, line: str, named: str) -> None:
+    table = "[backup]\n" if line.startswith("rate_limit") else ""
+    config = write(tmp_path / "k.toml", f"{table}{line}\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config_file=config, env={})
+
+    assert named in str(caught.value)
+
+
+def test_zero_concurrency_rejected() -> None:
+    with pytest.raises(ConfigError, match="concurrency 0"):
+        load_settings(env={}, concurrency=0)
+    with pytest.raises(ConfigError, match="max attempts 0"):
+        load_settings(env={}, max_attempts=0)
+
+
+def test_invalid_account_id_named() -> None:
+    with pytest.raises(ConfigError, match=r"'\.\./x\?y'"):
+        load_settings(env={"CLOUDFLARE_ACCOUNT_ID": "../x?y"})
+
+
+def test_all_with_names_rejected() -> None:
+    with pytest.raises(ConfigError, match="--all"):
+        load_settings(env={}, all_namespaces=True, namespaces=("a",))
+
+
+def test_config_folder_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_settings(config_file=tmp_path, env={})
+
+
+def test_part_size_capped() -> None:
+    with pytest.raises(ConfigError, match="1KiB to 1GiB"):
+        load_settings(env={}, part_bytes="99999MiB")

@@ -29,7 +29,7 @@ import httpx
 import msgspec
 
 from kvsnap import limits
-from kvsnap.errors import ApiError, AuthError, NamespaceNotFound
+from kvsnap.errors import ApiError, AuthError, NamespaceNotFound, RateLimitExhausted
 from kvsnap.format import Record, key_order
 from kvsnap.ratelimit import RateLimiter, RetryPolicy, parse_retry_after
 
@@ -87,8 +87,22 @@ class _BulkGetEnvelope(msgspec.Struct):
     result: _BulkGetResult | None = None
 
 
+# Cloudflare error codes in 404 answers (wrangler-legacy's error help, which
+# cites Cloudflare's former Workers KV error list).
+CODE_KEY_NOT_FOUND = 10009
+CODE_NAMESPACE_NOT_FOUND = 10013
+
+
 class _NotFound(Exception):
     """The API returned 404 for a key or namespace that does not exist."""
+
+    def __init__(self, message: str, codes: list[int]) -> None:
+        super().__init__(message)
+        self.codes = codes
+
+    @property
+    def namespace_missing(self) -> bool:
+        return CODE_NAMESPACE_NOT_FOUND in self.codes
 
 
 class _Rejected(Exception):
@@ -177,11 +191,12 @@ class KvClient:
                     raise AuthError(
                         f"{operation} failed: the API token was rejected "
                         f"({_describe(exc)})",
-                        hint="check CLOUDFLARE_API_TOKEN and that the token has "
-                        "'Workers KV Storage' permission on this account",
+                        hint="check CLOUDFLARE_API_TOKEN, that CLOUDFLARE_ACCOUNT_ID "
+                        "is the account that owns the namespaces, and that the "
+                        "token has 'Workers KV Storage' permission on it",
                     ) from exc
                 except cloudflare.NotFoundError as exc:
-                    raise _NotFound(_describe(exc)) from exc
+                    raise _NotFound(_describe(exc), _error_codes(exc)) from exc
                 except cloudflare.APIStatusError as exc:
                     raise _Rejected(_describe(exc)) from exc
             if attempt < self.policy.max_attempts:
@@ -195,7 +210,8 @@ class KvClient:
                     delay,
                 )
                 await asyncio.sleep(delay)
-        raise ApiError(
+        error = RateLimitExhausted if last_error.startswith("HTTP 429") else ApiError
+        raise error(
             f"{operation} failed after {self.policy.max_attempts} attempts: "
             f"{last_error}",
             hint="the API kept failing; run again later, or raise --max-attempts",
@@ -309,6 +325,16 @@ class KvClient:
         self, namespace_id: str, names: list[str]
     ) -> dict[str, _BulkEntry | None]:
         """Return {key: entry or None} for up to 100 keys; raise _Rejected on 4xx."""
+        try:
+            return await self._bulk_get_text(namespace_id, names)
+        except _NotFound as exc:
+            raise NamespaceNotFound(
+                f"namespace {namespace_id} not found: {exc}"
+            ) from exc
+
+    async def _bulk_get_text(
+        self, namespace_id: str, names: list[str]
+    ) -> dict[str, _BulkEntry | None]:
         body = await self._read_json(
             f"bulk get of {len(names)} keys",
             lambda: self._sdk.kv.namespaces.with_raw_response.bulk_get(
@@ -335,7 +361,10 @@ class KvClient:
 
         try:
             return await self._call("read value", request)
-        except _NotFound:
+        except _NotFound as exc:
+            if exc.namespace_missing:
+                message = f"namespace {namespace_id} not found: {exc}"
+                raise NamespaceNotFound(message) from exc
             return None
         except _Rejected as exc:
             raise ApiError(f"read value of key {key!r} failed: {exc}") from exc
@@ -408,6 +437,8 @@ class KvClient:
         except _Rejected as exc:
             log.debug("bulk get of %d keys rejected (%s)", len(batch), exc)
             return await self._fetch_rejected(namespace_id, batch, stats)
+        except RateLimitExhausted:
+            raise  # reading keys alone would only add requests to a spent budget
         except ApiError as exc:
             # The batch failed after every retry. Reading its keys alone may
             # still work, but if the first one fails too the API is down, and
@@ -552,6 +583,16 @@ def _candidates(available: list[Namespace]) -> str:
     listed = ", ".join(f"{ns.title} ({ns.id})" for ns in available[:20])
     more = f" and {len(available) - 20} more" if len(available) > 20 else ""
     return f"namespaces in the account: {listed}{more}"
+
+
+def _error_codes(exc: cloudflare.APIStatusError) -> list[int]:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    errors = body.get("errors") or []
+    return [
+        e["code"]
+        for e in errors
+        if isinstance(e, dict) and isinstance(e.get("code"), int)
+    ]
 
 
 def _describe(exc: cloudflare.APIStatusError) -> str:

@@ -31,6 +31,11 @@ ENV_BASE_URL = "CLOUDFLARE_BASE_URL"
 ENV_REPOSITORY = "KVSNAP_REPOSITORY"
 ENV_CONFIG = "KVSNAP_CONFIG"
 
+# Cloudflare account ids are 32 hexadecimal characters.
+ACCOUNT_ID = re.compile(r"[0-9a-fA-F]{32}")
+# A part is held in memory while it is compressed and uploaded.
+MAX_PART_BYTES = 1024**3
+
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 _SIZE_UNITS |= {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "k": 1024, "m": 1024**2}
 
@@ -107,6 +112,10 @@ def _read_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file not found: {path}") from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read configuration file {path}: {exc.strerror}"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
     return data
@@ -133,15 +142,53 @@ def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
                         f"{path}: unknown setting [{name}] {key}; known: "
                         + ", ".join(sorted(allowed[name]))
                     )
-                flat[key] = item
+                flat[key] = _typed(path, f"[{name}] {key}", key, item)
         elif name in allowed[""]:
-            flat[name] = value
+            flat[name] = _typed(path, name, name, value)
         else:
             raise ConfigError(
                 f"{path}: unknown setting {name!r}; known: repository, namespaces, "
                 "all, [cloudflare], [backup]"
             )
     return flat
+
+
+# The TOML types each setting may have.
+_FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "repository": (str,),
+    "namespaces": (list,),
+    "all": (bool,),
+    "account_id": (str,),
+    "base_url": (str,),
+    "concurrency": (int,),
+    "rate_limit": (str,),
+    "max_attempts": (int,),
+    "part_size": (str, int),
+}
+_TYPE_WORDS = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    list: "a list",
+}
+
+
+def _typed(path: Path, label: str, key: str, value: Any) -> Any:
+    """Return value if it has the setting's TOML type, else raise ConfigError."""
+    types = _FILE_TYPES[key]
+    valid = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+    if key == "namespaces" and valid:
+        valid = all(isinstance(item, str) for item in value)
+    if not valid:
+        expected = " or ".join(_TYPE_WORDS[t] for t in types)
+        if key == "namespaces":
+            expected = "a list of strings"
+        if key == "rate_limit":
+            expected += ' such as "1200/300"'
+        raise ConfigError(
+            f"{path}: {label} = {value!r} is invalid: expected {expected}"
+        )
+    return value
 
 
 def _find_config(explicit: Path | None, env: dict[str, str]) -> Path | None:
@@ -187,18 +234,23 @@ def load_settings(
         repository=pick("repository", ENV_REPOSITORY, "repository"),
         namespaces=tuple(str(n) for n in namespaces),
         all_namespaces=bool(flags.get("all_namespaces") or file.get("all", False)),
-        concurrency=int(
-            pick("concurrency", None, "concurrency") or Settings.concurrency
+        concurrency=_or_default(
+            pick("concurrency", None, "concurrency"), Settings.concurrency
         ),
         rate_limit=parse_rate_limit(rate) if rate else Settings.rate_limit,
-        max_attempts=int(
-            pick("max_attempts", None, "max_attempts") or Settings.max_attempts
+        max_attempts=_or_default(
+            pick("max_attempts", None, "max_attempts"), Settings.max_attempts
         ),
         part_bytes=parse_size(part) if part else Settings.part_bytes,
         config_file=path,
     )
     _check(settings)
     return settings
+
+
+def _or_default(value: Any, default: int) -> int:
+    """Return value as an int, or `default` when the setting was not given."""
+    return default if value is None else int(value)
 
 
 def _check(settings: Settings) -> None:
@@ -210,8 +262,23 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             f"invalid max attempts {settings.max_attempts}: expected >= 1"
         )
-    if settings.part_bytes < 1024:
-        raise ConfigError(f"invalid part size {settings.part_bytes}: expected >= 1KiB")
+    if not 1024 <= settings.part_bytes <= MAX_PART_BYTES:
+        raise ConfigError(
+            f"invalid part size {settings.part_bytes} bytes: expected 1KiB to 1GiB"
+        )
+    if settings.all_namespaces and settings.namespaces:
+        raise ConfigError(
+            "both --all (or all = true) and namespace names were given",
+            hint="name the namespaces, or use --all alone",
+        )
+    if settings.account_id is not None and not ACCOUNT_ID.fullmatch(
+        settings.account_id
+    ):
+        raise ConfigError(
+            f"invalid Cloudflare account id {settings.account_id!r}: expected 32 "
+            "hexadecimal characters",
+            hint="copy the account id from the Workers overview page of the dashboard",
+        )
     if not re.match(r"https?://", settings.base_url):
         raise ConfigError(
             f"invalid Cloudflare base URL {settings.base_url!r}: expected http(s)://...",

@@ -78,6 +78,10 @@ class ApiError(KvsnapError):
     exit_code = EXIT_API
 
 
+class RateLimitExhausted(ApiError):
+    """Requests were still answered 429 after every retry."""
+
+
 class RepositoryError(KvsnapError):
     """The object store failed, or holds data kvsnap cannot use."""
 

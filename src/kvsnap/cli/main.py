@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
 import typer
 
 from kvsnap import __version__
@@ -60,30 +59,37 @@ def main(
     configure_logging(logging.DEBUG if verbose or debug else logging.INFO, log_format)
 
 
+# typer ships its own copy of click, whose exception classes differ from the
+# click package's, so the base class is found through a public typer class.
+_ClickException = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
+)
+
+
 def run() -> None:
     """Run the CLI and map every outcome to its exit code."""
+    log = logging.getLogger("kvsnap")
     try:
         result = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _ClickException as exc:  # usage errors: unknown option, bad value
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        stderr.print("aborted")
-        sys.exit(EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        stderr.print("interrupted")
+    except (typer.Abort, KeyboardInterrupt):
+        stderr.print(
+            "interrupted: no snapshot was written for the namespace in progress"
+        )
         sys.exit(EXIT_INTERRUPTED)
     except KvsnapError as exc:
         if _debug:
-            logging.getLogger("kvsnap").exception("error")
+            log.debug("traceback of the error below", exc_info=True)
         stderr.print(f"error: {mask(exc.message)}", markup=False, highlight=False)
         if exc.hint:
             stderr.print(f"hint: {mask(exc.hint)}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
     except Exception:
-        logging.getLogger("kvsnap").exception("unexpected error (a bug in kvsnap)")
+        log.exception("unexpected error (a bug in kvsnap)")
         sys.exit(EXIT_INTERNAL)
     sys.exit(result if isinstance(result, int) else 0)
 
