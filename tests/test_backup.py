@@ -351,3 +351,21 @@ def test_backup_rate_limit_exhausted_no_fallback(
     assert "HTTP 429" in result.stderr
     assert emulator.stats()["requests"].get("GET values", 0) == 0
     assert snapshots(repo) == []
+
+
+def test_backup_json_error_document(emulator: EmulatorServer) -> None:
+    result = run_cli(["backup", "--all", "--json"], cloudflare_env(emulator))
+
+    assert result.code == 10
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    assert document["exit_code"] == 10
+    assert "--repo" in document["error"]
+
+
+def test_backup_usage_error_exit_2(emulator: EmulatorServer, repo: str) -> None:
+    result = backup(emulator, repo, "--concurrency", "abc")
+
+    assert result.code == 2
+    assert "--concurrency" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -159,10 +159,12 @@ async def run_backup(
         outcome.requests = client.requests - requests_before
         if outcome.ok:
             log.info(
-                "backed up %s: %d keys, %d bytes in %.2f s, snapshot %s",
+                "backed up %s: %d keys, %d value bytes, %d bytes stored, "
+                "%.2f s, snapshot %s",
                 namespace.title,
                 outcome.keys,
                 outcome.value_bytes,
+                outcome.stored_bytes,
                 outcome.seconds,
                 outcome.snapshot_id,
                 extra={"namespace": namespace.id, "snapshot": outcome.snapshot_id},

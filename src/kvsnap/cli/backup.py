@@ -13,6 +13,7 @@ from kvsnap.backup import BackupResult, run_backup
 from kvsnap.cli.app import app
 from kvsnap.cli.options import AccountOption, ConfigOption, JsonOption, RepoOption
 from kvsnap.cli.output import print_json, stderr, stdout
+from kvsnap.cli.repository import format_size
 from kvsnap.cloudflare import KvClient
 from kvsnap.config import Settings, load_settings
 from kvsnap.progress import Reporter, RichReporter
@@ -127,7 +128,8 @@ def _print_summary(result: BackupResult) -> None:
         if ns.ok:
             stdout.print(
                 f"snapshot {ns.snapshot_id}  {ns.namespace_title} ({ns.namespace_id})  "
-                f"{ns.keys} keys  {ns.value_bytes} bytes  {ns.seconds:.1f} s",
+                f"{ns.keys} keys  {format_size(ns.value_bytes)} of values  "
+                f"{format_size(ns.stored_bytes)} stored  {ns.seconds:.2f} s",
                 markup=False,
                 highlight=False,
             )

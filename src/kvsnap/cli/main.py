@@ -17,7 +17,7 @@ from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
     verify,
 )
 from kvsnap.cli.app import app
-from kvsnap.cli.output import stderr
+from kvsnap.cli.output import print_json, stderr
 from kvsnap.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -84,9 +84,14 @@ def run() -> None:
     except KvsnapError as exc:
         if _debug:
             log.debug("traceback of the error below", exc_info=True)
-        stderr.print(f"error: {mask(exc.message)}", markup=False, highlight=False)
-        if exc.hint:
-            stderr.print(f"hint: {mask(exc.hint)}", markup=False, highlight=False)
+        message, hint = mask(exc.message), mask(exc.hint) if exc.hint else None
+        stderr.print(f"error: {message}", markup=False, highlight=False)
+        if hint:
+            stderr.print(f"hint: {hint}", markup=False, highlight=False)
+        if "--json" in sys.argv[1:]:
+            # Scripts that asked for JSON get a document on stdout either way.
+            error = {"type": "error", "ok": False, "error": message, "hint": hint}
+            print_json(error | {"exit_code": exc.exit_code})
         sys.exit(exc.exit_code)
     except Exception:
         log.exception("unexpected error (a bug in kvsnap)")
