@@ -54,7 +54,7 @@ class BackupResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when all succeeded; else the shared error's code, or 3 when mixed."""
+        """0 when all succeeded, else the failures' shared exit code, else 3."""
         failed = [ns for ns in self.namespaces if not ns.ok]
         if not failed:
             return EXIT_OK
@@ -73,7 +73,7 @@ async def backup_namespace(
     tags: list[str] | None = None,
     reporter: Reporter | None = None,
 ) -> tuple[Manifest, ReadStats]:
-    """Write one snapshot of `namespace`; raise a KvsnapError if any step fails."""
+    """Write one snapshot of `namespace`, or raise a KvsnapError if a step fails."""
     reporter = reporter or Reporter()
     started = datetime.now(UTC)
     writer = repo.start_snapshot(namespace_id=namespace.id, read_started=started)

@@ -122,7 +122,7 @@ class ReadStats:
 
 
 class KvClient:
-    """Workers KV access for one account; use as an async context manager."""
+    """Workers KV access for one account, used as an async context manager."""
 
     def __init__(
         self,
@@ -324,7 +324,7 @@ class KvClient:
     async def bulk_get_text(
         self, namespace_id: str, names: list[str]
     ) -> dict[str, _BulkEntry | None]:
-        """Return {key: entry or None} for up to 100 keys; raise _Rejected on 4xx."""
+        """Return {key: entry or None} for up to 100 keys, or raise _Rejected on 4xx."""
         try:
             return await self._bulk_get_text(namespace_id, names)
         except _NotFound as exc:
@@ -381,7 +381,7 @@ class KvClient:
         Metadata and expiration come from the key list.
         """
         # NOTE: the key list gives no value sizes, so a batch of 100 values of
-        # 25 MiB each would hold 2.5 GB in memory; memory is bounded by the
+        # 25 MiB each would hold 2.5 GB in memory. Memory is bounded by the
         # number of pending batches, not by bytes.
         pending: asyncio.Queue[asyncio.Task[list[Record]] | None] = asyncio.Queue(
             maxsize=2 * self.concurrency
@@ -507,7 +507,7 @@ class KvClient:
         *,
         keep_gaps: bool = False,
     ) -> list[Any]:
-        """Read each key alone as raw bytes; a key gone by now is skipped."""
+        """Read each key alone as raw bytes, skipping keys deleted since the list."""
 
         async def one(info: KeyInfo) -> Record | None:
             stats.raw_gets += 1

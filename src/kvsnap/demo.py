@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cloudflare
+
 from kvsnap.backup import BackupResult, run_backup
 from kvsnap.cloudflare import KvClient
 from kvsnap.emulator import EmulatorServer
@@ -51,8 +53,6 @@ class DemoResult:
 
 async def run_demo(folder: Path, *, reporter: Reporter | None = None) -> DemoResult:
     """Seed an emulator in `folder`, back it all up, verify, and stop it."""
-    import cloudflare  # the sync client seeds; the backup uses the async one
-
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "emulator"
     repository = folder / "repository"
@@ -60,6 +60,7 @@ async def run_demo(folder: Path, *, reporter: Reporter | None = None) -> DemoRes
         result = DemoResult(
             folder, data, repository, server.base_url, server.account_id
         )
+        # Seeding uses the SDK's sync client, as a user's script would.
         seeder = cloudflare.Cloudflare(
             api_token=server.token, base_url=server.base_url, max_retries=2
         )

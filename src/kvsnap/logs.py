@@ -87,6 +87,6 @@ def configure_logging(level: int = logging.INFO, log_format: str = "text") -> No
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # The SDK and HTTP client log request lines at debug level; keep them quiet.
+    # The SDK and HTTP client log every request, which would drown kvsnap's lines.
     for name in ("cloudflare", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -18,7 +18,7 @@ from rich.progress import (
 
 
 class Reporter:
-    """Silent reporter; subclasses draw progress somewhere."""
+    """Reporter that shows nothing; subclasses draw progress."""
 
     def start(self, label: str, total: int | None = None) -> None:
         """Begin a task such as one namespace of a backup."""

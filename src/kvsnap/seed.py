@@ -29,6 +29,7 @@ from typing import Any
 import cloudflare
 
 from kvsnap import limits
+from kvsnap.errors import ApiError
 
 TZ_NAMESPACE = "tz-binary"
 TEXT_NAMESPACE = "pkg-text"
@@ -46,7 +47,7 @@ class SeedEntry:
     expiration: int | None = None
 
     def to_bulk_item(self) -> dict[str, Any]:
-        """Return the bulk-write item for this pair; binary values go as base64."""
+        """Return the bulk-write item for this pair, with binary values in base64."""
         try:
             item: dict[str, Any] = {
                 "key": self.key,
@@ -201,7 +202,7 @@ def auth_entries(now: float | None = None) -> list[SeedEntry]:
 
 
 def _jwk(kid: str) -> dict[str, str]:
-    """An RSA public key entry; the modulus is derived, not a real key."""
+    """Build an RSA public key entry whose modulus is derived, not a real key."""
     modulus = b"".join(hashlib.sha256(f"{kid}-{i}".encode()).digest() for i in range(8))
     n = base64.urlsafe_b64encode(modulus).rstrip(b"=").decode()
     return {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": n, "e": "AQAB"}
@@ -221,7 +222,8 @@ def write_namespace(
 ) -> str:
     """Create a namespace titled `title`, bulk-write the entries, return its id."""
     namespace = client.kv.namespaces.create(account_id=account_id, title=title)
-    assert namespace is not None
+    if namespace is None:
+        raise ApiError(f"creating namespace {title!r} returned no namespace")
     write_entries(client, account_id, namespace.id, entries)
     return namespace.id
 
@@ -261,6 +263,4 @@ def _bulk_write(
     )
     failed = result.unsuccessful_keys if result is not None else None
     if failed:
-        raise RuntimeError(
-            f"seeding failed for {len(failed)} keys, first {failed[0]!r}"
-        )
+        raise ApiError(f"bulk write failed for {len(failed)} keys, first {failed[0]!r}")
