@@ -13,6 +13,7 @@ from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
     demo,
     emulator,
     export,
+    output,
     repository,
     verify,
 )
@@ -88,7 +89,7 @@ def run() -> None:
         stderr.print(f"error: {message}", markup=False, highlight=False)
         if hint:
             stderr.print(f"hint: {hint}", markup=False, highlight=False)
-        if "--json" in sys.argv[1:]:
+        if "--json" in sys.argv[1:] and not output.json_written:
             # Scripts that asked for JSON get a document on stdout either way.
             error = {"type": "error", "ok": False, "error": message, "hint": hint}
             print_json(error | {"exit_code": exc.exit_code})

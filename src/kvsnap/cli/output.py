@@ -15,8 +15,15 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
+# Whether a command already wrote its --json document, so that the error
+# handler does not add a second one.
+json_written = False
+
+
 def print_json(obj: Any) -> None:
     """Write one JSON document to stdout, followed by a newline."""
+    global json_written
+    json_written = True
     sys.stdout.write(msgspec.json.encode(obj).decode("utf-8") + "\n")
     sys.stdout.flush()
 
