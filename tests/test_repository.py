@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
@@ -33,6 +34,7 @@ from kvsnap.format import (
 from kvsnap.repository import (
     Repository,
     SnapshotWriter,
+    UnreadableManifest,
     manifest_path,
     manifest_path_of,
     parse_manifest_path,
@@ -432,6 +434,35 @@ def test_resolve_latest_ambiguous_across_namespaces(tmp_path: Path) -> None:
     assert "latest is ambiguous" in str(caught.value)
     assert f"production-config ({NAMESPACE})" in str(caught.value)
     assert f"sessions ({OTHER_NAMESPACE})" in str(caught.value)
+    assert caught.value.hint == "use one of latest@production-config, latest@sessions"
+
+
+def test_resolve_latest_hint_uses_ids_for_shared_titles(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    third_namespace = "5d6e7f8091a2b3c4d5e6f708192a3b4c"
+    for namespace_id, title in [
+        (NAMESPACE, "shared"),
+        (OTHER_NAMESPACE, "shared"),
+        (third_namespace, "sessions"),
+    ]:
+        run(
+            write_snapshot(
+                repo, [make_records(1)], namespace_id=namespace_id, title=title
+            )
+        )
+    with pytest.raises(SnapshotNotFound) as caught:
+        run(repo.resolve("latest"))
+    assert caught.value.hint == (
+        f"use one of latest@{NAMESPACE}, latest@{OTHER_NAMESPACE}, latest@sessions"
+    )
+    with pytest.raises(SnapshotNotFound) as caught:
+        run(repo.resolve("latest@shared"))
+    assert str(caught.value).startswith("latest@shared is ambiguous")
+    assert (
+        caught.value.hint == f"use one of latest@{NAMESPACE}, latest@{OTHER_NAMESPACE}"
+    )
+    selected = run(repo.resolve(caught.value.hint.split(", ")[-1]))
+    assert selected.namespace_id == OTHER_NAMESPACE
 
 
 def test_resolve_latest_single_namespace(tmp_path: Path) -> None:
@@ -478,8 +509,64 @@ def test_manifest_with_wrong_id_is_rejected(tmp_path: Path) -> None:
     manifest = run(write_snapshot(repo, [make_records(1)]))
     forged = msgspec.structs.replace(manifest, id="ffffffffffffffff")
     run(repo.storage.put(manifest_path_of(manifest), encode_json(forged)))
+    assert run(repo.snapshots()) == []
     with pytest.raises(RepositoryError, match="but its name says otherwise"):
-        run(repo.snapshots())
+        run(repo.resolve(manifest.id))
+
+
+def truncate_manifest(repo: Repository, manifest: Manifest) -> str:
+    """Cut a stored manifest to half its length; return its object path."""
+    path = manifest_path_of(manifest)
+    data = run(repo.storage.get(path))
+    run(repo.storage.put(path, data[: len(data) // 2]))
+    return path
+
+
+def _good_and_truncated(repo: Repository) -> tuple[Manifest, Manifest, str]:
+    bad = run(write_snapshot(repo, [make_records(2)]))
+    good = run(
+        write_snapshot(
+            repo,
+            [make_records(3)],
+            namespace_id=OTHER_NAMESPACE,
+            title="sessions",
+            started=STARTED + timedelta(minutes=1),
+        )
+    )
+    return good, bad, truncate_manifest(repo, bad)
+
+
+def test_snapshots_skip_truncated_manifest(
+    repo_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = run(Repository.init(repo_url))
+    good, _bad, bad_path = _good_and_truncated(repo)
+    with caplog.at_level(logging.WARNING, logger="kvsnap.repository"):
+        assert run(repo.snapshots()) == [good]
+        assert run(repo.snapshots(NAMESPACE)) == []
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"skipping manifest {repo.storage.describe(bad_path)}: it is invalid:"
+        " Input data was truncated"
+    ]
+
+
+def test_resolve_around_truncated_manifest(repo_url: str) -> None:
+    repo = run(Repository.init(repo_url))
+    good, bad, bad_path = _good_and_truncated(repo)
+    assert run(repo.resolve("latest")) == good
+    assert run(repo.resolve("latest@sessions")) == good
+    assert run(repo.resolve(good.id[:6])) == good
+    with pytest.raises(RepositoryError) as caught:
+        run(repo.resolve(bad.id))
+    assert str(caught.value) == (
+        f"manifest {repo.storage.describe(bad_path)} is invalid:"
+        " Input data was truncated"
+    )
+    found = run(repo.resolve_any(bad.id))
+    assert isinstance(found, UnreadableManifest)
+    assert found.path == bad_path
+    assert found.entry.started == "2025-03-01T02:00:05Z"
 
 
 # Reading parts.
@@ -660,6 +747,82 @@ def test_cli_snapshots_empty_and_missing(tmp_path: Path) -> None:
     assert empty.stdout == ""
     assert empty.stderr == f"no snapshots in {url}\n"
     assert kvsnap("snapshots", "--json", repo=url).stdout == "[]\n"
+
+
+def test_cli_snapshots_skip_truncated_manifest(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    repo = run(Repository.init(url))
+    good, _bad, bad_path = _good_and_truncated(repo)
+
+    listed = kvsnap("snapshots", "--json", repo=url)
+    assert listed.returncode == 0
+    assert [item["id"] for item in json.loads(listed.stdout)] == [good.id]
+    assert listed.stderr == (
+        f"warning: skipping manifest {url}/{bad_path}: it is invalid:"
+        " Input data was truncated\n"
+    )
+
+    table = kvsnap("snapshots", repo=url)
+    assert table.returncode == 0
+    assert good.id in table.stdout
+    assert table.stderr == listed.stderr
+
+    exported = kvsnap("export", "latest@sessions", repo=url)
+    assert exported.returncode == 0
+    assert len(json.loads(exported.stdout)) == 3
+
+
+def test_cli_latest_hint_lists_titles(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    repo = run(Repository.init(url))
+    _three_snapshots(repo)
+    done = kvsnap("export", "latest", repo=url)
+    assert done.returncode == 22
+    assert done.stdout == ""
+    assert done.stderr.endswith(
+        "\nhint: use one of latest@production-config, latest@sessions\n"
+    )
+
+
+def test_cli_rejects_repository_location_typos(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for command in (["snapshots"], ["init"], ["export", "latest"]):
+        done = kvsnap(*command, "--repo", str(afile), repo="")
+        assert done.returncode == 10, command
+        assert done.stderr.startswith(f"error: --repo {afile} is a file, not a folder")
+
+    typo = kvsnap("snapshots", repo="s3:bucket2")
+    assert typo.returncode == 10
+    assert typo.stderr.startswith("error: invalid repository URL 's3:bucket2'")
+    assert not (Path.cwd() / "s3:bucket2").exists()
+
+
+def test_cli_s3_without_credentials(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "R2_", "KVSNAP_"))
+    }
+    # If the check ever regressed, obstore's instance metadata requests would
+    # go to a closed port on 127.0.0.1, never to the real metadata address.
+    env["AWS_METADATA_ENDPOINT"] = "http://127.0.0.1:1"
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    binary = str(Path(sys.executable).parent / "kvsnap")
+    done = subprocess.run(
+        [binary, "snapshots", "--repo", "s3://bucket/p"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 10
+    assert done.stdout == ""
+    assert done.stderr.startswith(
+        "error: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY\n"
+        "hint: to use a role instead, set AWS_WEB_IDENTITY_TOKEN_FILE"
+    )
 
 
 def test_cli_rejects_bad_url() -> None:

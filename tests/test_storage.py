@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,30 @@ def test_bad_url_message_names_accepted_forms() -> None:
     )
 
 
+@pytest.mark.parametrize("url", ["s3:bucket2", "r2:bucket/p", "file:backups", "S3:/b"])
+def test_parse_rejects_scheme_without_slashes(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_location(url)
+    assert str(caught.value) == (
+        f"invalid repository URL {url!r}: a scheme must be followed by '//';"
+        " use a local path, file:///absolute/path, s3://bucket/prefix or"
+        " r2://bucket/prefix"
+    )
+    assert caught.value.hint == (
+        f"for a local folder whose name contains a colon, write ./{url}"
+    )
+
+
+@pytest.mark.parametrize("text", ["./s3:bucket2", "c:backups", "kv/s3:x"])
+def test_parse_colon_in_local_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    location = parse_location(text)
+    assert location.scheme == "file"
+    assert location.path == tmp_path / text.removeprefix("./")
+
+
 def test_credentials_in_url_are_not_echoed() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_location("s3://AKIAEXAMPLE:topsecretvalue@bucket/prefix")
@@ -135,6 +160,8 @@ def test_s3_settings_from_environment() -> None:
 
 def test_s3_settings_region_precedence_and_https() -> None:
     environ = {
+        "AWS_ACCESS_KEY_ID": "access-1",
+        "AWS_SECRET_ACCESS_KEY": "secret-1",
         "AWS_ENDPOINT_URL": "https://s3.example.test",
         "AWS_REGION": "us-west-2",
         "AWS_DEFAULT_REGION": "eu-west-1",
@@ -142,7 +169,33 @@ def test_s3_settings_region_precedence_and_https() -> None:
     settings = s3_settings(parse_location("s3://bucket"), environ)
     assert settings.region == "us-west-2"
     assert settings.allow_http is False
+
+
+def test_s3_settings_require_credentials() -> None:
+    # Storage.from_url sends no request, so an error here comes before any.
+    with pytest.raises(ConfigError) as caught:
+        Storage.from_url("s3://bucket/p", environ={"AWS_REGION": "eu-west-1"})
+    assert str(caught.value) == (
+        "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
+    assert caught.value.hint is not None
+    assert "AWS_WEB_IDENTITY_TOKEN_FILE" in caught.value.hint
+    assert "never asks the instance metadata service" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ],
+)
+def test_s3_settings_accept_explicit_role(variable: str) -> None:
+    environ = {variable: "/set-by-the-platform"}
+    settings = s3_settings(parse_location("s3://bucket"), environ)
     assert "access_key_id" not in settings.config
+    assert "secret_access_key" not in settings.config
 
 
 def test_s3_settings_reject_half_credentials() -> None:
@@ -153,7 +206,12 @@ def test_s3_settings_reject_half_credentials() -> None:
 def test_s3_settings_reject_bad_endpoint() -> None:
     with pytest.raises(ConfigError, match="invalid AWS_ENDPOINT_URL 'localhost:9000'"):
         s3_settings(
-            parse_location("s3://bucket"), {"AWS_ENDPOINT_URL": "localhost:9000"}
+            parse_location("s3://bucket"),
+            {
+                "AWS_ACCESS_KEY_ID": "access-1",
+                "AWS_SECRET_ACCESS_KEY": "secret-1",
+                "AWS_ENDPOINT_URL": "localhost:9000",
+            },
         )
 
 
@@ -192,6 +250,25 @@ def test_r2_settings_need_account_and_keys() -> None:
         s3_settings(location, {"CLOUDFLARE_ACCOUNT_ID": "acct1"})
     with pytest.raises(ConfigError, match="invalid Cloudflare account id"):
         s3_settings(location, {"CLOUDFLARE_ACCOUNT_ID": "evil.example.com/x"})
+
+
+def test_r2_settings_never_mix_key_pairs() -> None:
+    location = parse_location("r2://bucket")
+    mixed = {
+        "CLOUDFLARE_ACCOUNT_ID": "acct1",
+        "R2_ACCESS_KEY_ID": "r2-id",
+        "AWS_ACCESS_KEY_ID": "aws-id",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+    }
+    with pytest.raises(ConfigError) as caught:
+        s3_settings(location, mixed)
+    assert str(caught.value) == (
+        "incomplete R2 credentials: set both R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY"
+    )
+    with pytest.raises(ConfigError, match="set both AWS_ACCESS_KEY_ID"):
+        s3_settings(
+            location, {"CLOUDFLARE_ACCOUNT_ID": "acct1", "AWS_ACCESS_KEY_ID": "x"}
+        )
 
 
 # The storage suite: local folder and rclone.
@@ -271,10 +348,21 @@ def test_missing_local_folder_reads_empty(tmp_path: Path) -> None:
 
 
 def test_local_root_is_a_file(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("not a folder")
-    storage = Storage.from_url(str(tmp_path / "file"))
-    with pytest.raises(RepositoryError):
-        run(storage.put("x", b"1"))
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    with pytest.raises(ConfigError) as caught:
+        Storage.from_url(str(afile))
+    assert str(caught.value) == f"--repo {afile} is a file, not a folder"
+    with pytest.raises(ConfigError) as caught:
+        Storage.from_url(str(afile / "sub" / "repo"))
+    assert str(caught.value) == (
+        f"--repo {afile / 'sub' / 'repo'} is inside {afile}, which is a file,"
+        " not a folder"
+    )
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a folder"):
+        Storage.from_url(str(fifo))
 
 
 @pytest.mark.s3

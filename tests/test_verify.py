@@ -27,6 +27,7 @@ from tests.test_repository import (
     STARTED,
     make_records,
     run,
+    truncate_manifest,
     write_snapshot,
 )
 
@@ -243,6 +244,16 @@ def test_totals_must_match_manifest(tmp_path: Path) -> None:
     ]
 
 
+def test_totals_keys_mismatch_reported_once(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, [make_records(3)]))
+    forged = msgspec.structs.replace(manifest, keys=4)
+    result = run(verify_snapshot(repo, forged, read_data=True))
+    assert result.problems == [
+        Problem(manifest_path_of(manifest), "keys is 4 but the parts hold 3 records")
+    ]
+
+
 # Choosing snapshots and reporting failures.
 
 
@@ -264,6 +275,36 @@ def test_verify_repository_selects(tmp_path: Path) -> None:
     assert [result.snapshot_id for result in by_namespace] == [first.id]
     with pytest.raises(SnapshotNotFound, match="not sessions"):
         run(verify_repository(repo, first.id, namespace="sessions"))
+
+
+def test_verify_repository_reports_truncated_manifest(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    bad = run(write_snapshot(repo, [make_records(1)]))
+    good = run(
+        write_snapshot(
+            repo, [make_records(1)], namespace_id=OTHER_NAMESPACE, title="sessions"
+        )
+    )
+    bad_path = truncate_manifest(repo, bad)
+    expected_problem = Problem(bad_path, "invalid manifest: Input data was truncated")
+
+    for read_data in (False, True):
+        every = run(verify_repository(repo, read_data=read_data))
+        assert [(result.snapshot_id, result.ok) for result in every] == [
+            (good.id, True),
+            (bad.id, False),
+        ]
+        assert every[1].problems == [expected_problem]
+        assert every[1].namespace_id == NAMESPACE
+        assert every[1].read_started == "2025-03-01T02:00:05Z"
+
+    (selected,) = run(verify_repository(repo, bad.id[:6]))
+    assert selected.ok is False
+    assert selected.problems == [expected_problem]
+    by_namespace = run(verify_repository(repo, namespace=NAMESPACE))
+    assert [result.snapshot_id for result in by_namespace] == [bad.id]
+    latest = run(verify_repository(repo, "latest@sessions"))
+    assert [result.snapshot_id for result in latest] == [good.id]
 
 
 def test_raise_for_failures_names_each_part(tmp_path: Path) -> None:
@@ -341,6 +382,31 @@ def test_cli_verify_ok(tmp_path: Path) -> None:
     assert text.stdout == (
         f"ok     {manifest.id} production-config 2025-03-01T02:00:05.250Z (1 parts)\n"
     )
+
+
+def test_cli_verify_truncated_manifest_exit_4(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    repo = run(Repository.init(url))
+    bad = run(write_snapshot(repo, [make_records(1)]))
+    good = run(
+        write_snapshot(
+            repo, [make_records(1)], namespace_id=OTHER_NAMESPACE, title="sessions"
+        )
+    )
+    bad_path = truncate_manifest(repo, bad)
+    problem = f"{bad_path}: invalid manifest: Input data was truncated"
+
+    for extra in ([], ["--read-data"], [bad.id]):
+        done = cli("verify", *extra, repo=url)
+        assert done.returncode == 4, extra
+        lines = done.stdout.splitlines()
+        failed = f"FAILED {bad.id} {NAMESPACE} 2025-03-01T02:00:05Z (0 parts"
+        assert any(line.startswith(failed) for line in lines)
+        assert f"  {problem}" in lines
+        assert done.stderr.startswith("error: 1 of ")
+        assert f"{bad.id}: {problem}" in done.stderr
+    every = cli("verify", repo=url)
+    assert every.stdout.splitlines()[0].startswith(f"ok     {good.id} sessions ")
 
 
 def test_cli_verify_unknown_snapshot_exit_22(tmp_path: Path) -> None:

@@ -5,14 +5,18 @@ only when true, ``metadata`` and ``expiration`` only when present. Values are
 copied as stored and never parsed, so the text "123" stays a string.
 
 The array is written as it is read, one part in memory at a time. Parts are
-checked as they arrive, so a bad part stops the export with CorruptPart. A
-file target is written as FILE.partial and renamed only when complete.
+checked as they arrive, so a bad part stops the export with CorruptPart, and
+totals that do not match the manifest stop it with VerifyError before the
+closing bracket. A regular file target is written as FILE.partial and renamed
+only when complete. A symbolic link is followed to its target, and a target
+that is not a regular file (a FIFO or a character device) is written in place.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +25,7 @@ import msgspec
 from kvsnap.errors import ConfigError
 from kvsnap.format import Manifest
 from kvsnap.repository import Repository
+from kvsnap.verify import manifest_problems, raise_for_problems, totals_problems
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +43,26 @@ class ExportResult(msgspec.Struct, frozen=True):
 async def export_snapshot(
     repo: Repository, manifest: Manifest, out: BinaryIO
 ) -> ExportResult:
-    """Write the snapshot's records to `out` as a JSON array, streaming."""
+    """Write the snapshot's records to `out` as a JSON array, streaming.
+
+    Raises VerifyError before writing anything when the manifest's totals
+    contradict its part list, and before the closing bracket when the records
+    or value bytes read differ from the manifest's `keys` and `value_bytes`.
+    """
+    raise_for_problems(manifest, manifest_problems(manifest))
+
     records = 0
+    value_bytes = 0
     written = out.write(b"[")
     async for record in repo.iter_records(manifest):
         separator = b"\n" if records == 0 else b",\n"
         written += out.write(separator + _encoder.encode(record))
         records += 1
+        value_bytes += len(record.value_bytes())
+    raise_for_problems(
+        manifest, totals_problems(manifest, records=records, value_bytes=value_bytes)
+    )
+
     written += out.write(b"\n]\n" if records else b"]\n")
     out.flush()
     logger.debug(
@@ -59,12 +77,19 @@ async def export_snapshot(
 async def export_to_file(
     repo: Repository, manifest: Manifest, path: Path
 ) -> ExportResult:
-    """Export into `path` through `path`.partial, renamed only on success.
+    """Export into the file at `path`, following a symbolic link.
 
-    On failure the partial file is removed and an existing `path` is left as
-    it was. Raises ConfigError when the file cannot be written.
+    A regular file, or a name that does not exist yet, is written through
+    `path`.partial and renamed only on success. On failure the partial file
+    is removed and an existing file is left as it was. A FIFO, a character
+    device or a socket is written in place, because renaming over it would
+    replace it. Raises ConfigError when the file cannot be written.
     """
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    target, in_place = _export_target(path)
+    if in_place:
+        return await _export_in_place(repo, manifest, target)
+
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
     try:
         out = partial.open("wb")
     except OSError as exc:
@@ -75,11 +100,43 @@ async def export_to_file(
         with out:
             result = await export_snapshot(repo, manifest, out)
             os.fsync(out.fileno())
-        os.replace(partial, path)
+        os.replace(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write export file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot write export file {target}: {exc.strerror}") from exc
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return result
+
+
+def _export_target(path: Path) -> tuple[Path, bool]:
+    """Return the file to write for `path` and whether to write it in place."""
+    try:
+        # strict=False: a link to a missing file resolves to the file to create.
+        target = path.resolve() if path.is_symlink() else path
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target, False
+    except (OSError, RuntimeError) as exc:
+        # Python 3.11 raises RuntimeError for a symbolic link loop.
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"cannot write export file {path}: {reason}") from exc
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"cannot write export file {path}: it is a folder")
+    return target, not stat.S_ISREG(mode)
+
+
+async def _export_in_place(
+    repo: Repository, manifest: Manifest, target: Path
+) -> ExportResult:
+    # Opening a FIFO for writing waits until a reader opens it.
+    try:
+        out = target.open("wb")
+    except OSError as exc:
+        raise ConfigError(f"cannot write export file {target}: {exc.strerror}") from exc
+    try:
+        with out:
+            return await export_snapshot(repo, manifest, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write export file {target}: {exc.strerror}") from exc

@@ -122,6 +122,20 @@ class ManifestEntry:
     path: str
     namespace_id: str
     snapshot_id: str
+    started: str  # the read start in the name, as 2025-03-01T02:00:05Z
+
+
+@dataclass(frozen=True)
+class UnreadableManifest:
+    """A listed manifest that is not valid JSON, or whose fields are invalid or
+    contradict its name. Listing skips it and verify reports it."""
+
+    entry: ManifestEntry
+    reason: str
+
+    @property
+    def path(self) -> str:
+        return self.entry.path
 
 
 def parse_manifest_path(path: str) -> ManifestEntry | None:
@@ -132,7 +146,9 @@ def parse_manifest_path(path: str) -> ManifestEntry | None:
     match = _MANIFEST_NAME_RE.fullmatch(segments[2])
     if match is None or not NAMESPACE_ID_RE.fullmatch(segments[1]):
         return None
-    return ManifestEntry(path, segments[1], match["id"])
+    time = match["time"]
+    started = f"{match['date']}T{time[:2]}:{time[2:4]}:{time[4:]}Z"
+    return ManifestEntry(path, segments[1], match["id"], started)
 
 
 def decode_part(
@@ -194,6 +210,7 @@ class Repository:
         self.storage = storage
         self.config = config
         self.url = storage.url
+        self._reported_unreadable: set[str] = set()
 
     @classmethod
     async def open(
@@ -309,19 +326,48 @@ class Repository:
     async def snapshots(self, namespace: str | None = None) -> list[Manifest]:
         """Return the manifests, oldest first (by read start, then id).
 
-        `namespace` keeps those whose namespace id or title equals it.
+        `namespace` keeps those whose namespace id or title equals it. An
+        unreadable manifest is skipped with a warning, logged once per
+        Repository object.
+        """
+        manifests, unreadable = await self.scan_snapshots(namespace)
+        for item in unreadable:
+            if item.path in self._reported_unreadable:
+                continue
+            self._reported_unreadable.add(item.path)
+            logger.warning(
+                "skipping manifest %s: it is invalid: %s",
+                self.storage.describe(item.path),
+                item.reason,
+                extra={"snapshot": item.entry.snapshot_id},
+            )
+        return manifests
+
+    async def scan_snapshots(
+        self, namespace: str | None = None
+    ) -> tuple[list[Manifest], list[UnreadableManifest]]:
+        """Return the manifests, oldest first, and the unreadable ones by path.
+
+        `namespace` keeps the manifests whose namespace id or title equals it,
+        and the unreadable ones whose object name has that namespace id.
         """
         # NOTE: this reads every manifest, one GET each, STORAGE_CONCURRENCY at
         # a time; a repository with many thousands of snapshots lists slowly.
-        entries = await self._manifest_entries()
-        manifests = await self._load_manifests(entries)
+        loaded = await self._load_manifests(await self._manifest_entries())
+        manifests = [item for item in loaded if isinstance(item, Manifest)]
+        unreadable = [item for item in loaded if isinstance(item, UnreadableManifest)]
         if namespace is not None:
             manifests = [
                 manifest
                 for manifest in manifests
                 if namespace in (manifest.namespace_id, manifest.namespace_title)
             ]
-        return sorted(manifests, key=snapshot_order)
+            unreadable = [
+                item for item in unreadable if item.entry.namespace_id == namespace
+            ]
+        manifests.sort(key=snapshot_order)
+        unreadable.sort(key=lambda item: item.path)
+        return manifests, unreadable
 
     async def resolve(self, selector: str) -> Manifest:
         """Find the snapshot that a selector names.
@@ -330,8 +376,21 @@ class Repository:
         `latest` (the newest snapshot, when the repository contains one namespace)
         or `latest@NAMESPACE` (namespace id or title). Raises SnapshotNotFound
         when nothing or more than one snapshot matches, listing candidates,
-        and ConfigError for a malformed selector.
+        ConfigError for a malformed selector, and RepositoryError when the
+        snapshot's manifest is unreadable. `latest` skips unreadable manifests.
         """
+        found = await self.resolve_any(selector)
+        if isinstance(found, UnreadableManifest):
+            raise RepositoryError(
+                f"manifest {self.storage.describe(found.path)} is invalid:"
+                f" {found.reason}",
+                hint=f"`kvsnap verify {found.entry.snapshot_id}` reports it",
+            )
+        return found
+
+    async def resolve_any(self, selector: str) -> Manifest | UnreadableManifest:
+        """Find the snapshot that a selector names, as `resolve` does, but
+        return an unreadable manifest that an id or prefix names."""
         text = selector.strip()
         if text == LATEST:
             return await self._resolve_latest(None)
@@ -358,15 +417,19 @@ class Repository:
         namespace_ids = {manifest.namespace_id for manifest in manifests}
         if len(namespace_ids) > 1:
             selector = LATEST if namespace is None else f"{LATEST}@{namespace}"
+            every = manifests if namespace is None else await self.snapshots()
+            choices = ", ".join(_latest_selectors(every, namespace_ids))
             raise SnapshotNotFound(
                 f"{selector} is ambiguous: {self.url} contains snapshots of"
                 f" {len(namespace_ids)} namespaces:"
                 f" {_describe_namespaces(manifests)}",
-                hint="use latest@NAMESPACE_ID",
+                hint=f"use one of {choices}",
             )
         return manifests[-1]
 
-    async def _resolve_prefix(self, selector: str, prefix: str) -> Manifest:
+    async def _resolve_prefix(
+        self, selector: str, prefix: str
+    ) -> Manifest | UnreadableManifest:
         if not _PREFIX_RE.fullmatch(prefix):
             raise ConfigError(
                 f"invalid snapshot selector {selector!r}: use a snapshot id or a"
@@ -384,10 +447,19 @@ class Repository:
                 hint="list the snapshots with `kvsnap snapshots`",
             )
         if len(entries) > 1:
-            manifests = sorted(await self._load_manifests(entries), key=snapshot_order)
-            candidates = ", ".join(_describe_snapshot(item) for item in manifests)
+            loaded = await self._load_manifests(entries)
+            manifests = [item for item in loaded if isinstance(item, Manifest)]
+            candidates = [
+                _describe_snapshot(item)
+                for item in sorted(manifests, key=snapshot_order)
+            ] + [
+                f"{item.entry.snapshot_id} (invalid manifest)"
+                for item in loaded
+                if isinstance(item, UnreadableManifest)
+            ]
             raise SnapshotNotFound(
-                f"snapshot prefix {selector!r} is ambiguous: it matches {candidates}",
+                f"snapshot prefix {selector!r} is ambiguous: it matches"
+                f" {', '.join(candidates)}",
                 hint="give more characters of the id",
             )
         return await self._load_manifest(entries[0])
@@ -437,25 +509,29 @@ class Repository:
             entries.append(entry)
         return entries
 
-    async def _load_manifests(self, entries: Iterable[ManifestEntry]) -> list[Manifest]:
+    async def _load_manifests(
+        self, entries: Iterable[ManifestEntry]
+    ) -> list[Manifest | UnreadableManifest]:
         limit = asyncio.Semaphore(STORAGE_CONCURRENCY)
 
-        async def load(entry: ManifestEntry) -> Manifest:
+        async def load(entry: ManifestEntry) -> Manifest | UnreadableManifest:
             async with limit:
                 return await self._load_manifest(entry)
 
         return list(await asyncio.gather(*(load(entry) for entry in entries)))
 
-    async def _load_manifest(self, entry: ManifestEntry) -> Manifest:
+    async def _load_manifest(
+        self, entry: ManifestEntry
+    ) -> Manifest | UnreadableManifest:
+        """Read and check a manifest. Errors of the store are raised."""
         data = await self.storage.get(entry.path)
-        where = self.storage.describe(entry.path)
         try:
             manifest = decode_manifest(data)
         except msgspec.DecodeError as exc:
-            raise RepositoryError(f"manifest {where} is invalid: {exc}") from exc
+            return UnreadableManifest(entry, str(exc))
         problem = _manifest_problem(manifest, entry)
         if problem:
-            raise RepositoryError(f"manifest {where} is invalid: {problem}")
+            return UnreadableManifest(entry, problem)
         return manifest
 
 
@@ -498,6 +574,27 @@ def _describe_snapshot(manifest: Manifest) -> str:
         f"{manifest.id} ({manifest.namespace_title or manifest.namespace_id},"
         f" {manifest.read_started})"
     )
+
+
+def _latest_selectors(manifests: list[Manifest], namespace_ids: set[str]) -> list[str]:
+    """Return a latest@ selector for each of `namespace_ids`, sorted.
+
+    A namespace is named by its newest title, or by its id when it has no
+    title or when that title also matches another namespace in `manifests`,
+    as its title or its id, because `latest@NAME` matches both.
+    """
+    newest_title: dict[str, str] = {}
+    name_owners: dict[str, set[str]] = {}
+    for manifest in sorted(manifests, key=snapshot_order):
+        newest_title[manifest.namespace_id] = manifest.namespace_title
+        for name in (manifest.namespace_title, manifest.namespace_id):
+            name_owners.setdefault(name, set()).add(manifest.namespace_id)
+    selectors = []
+    for namespace_id in namespace_ids:
+        title = newest_title.get(namespace_id, "")
+        unique = bool(title) and name_owners[title] == {namespace_id}
+        selectors.append(f"{LATEST}@{title if unique else namespace_id}")
+    return sorted(selectors)
 
 
 def _describe_namespaces(manifests: Iterable[Manifest]) -> str:

@@ -76,6 +76,16 @@ _TRANSIENT_TEXT_RE = re.compile(
     re.IGNORECASE,
 )
 _S3_ERROR_CODE_RE = re.compile(r"<Code>([^<]{1,100})</Code>")
+# A URL scheme (RFC 3986) of two or more characters and a colon, as in the
+# typo "s3:bucket". One letter is left out so that "C:" never matches.
+_SCHEME_WITHOUT_SLASHES_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+# Variables that tell obstore's credential chain to use a role explicitly,
+# through a web identity token or a container credentials endpoint.
+ROLE_CREDENTIAL_VARIABLES = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,12 @@ def parse_location(url: str) -> Location:
     if not text:
         raise ConfigError(f"empty repository URL: use {ACCEPTED_FORMS}")
     if "://" not in text:
+        if _SCHEME_WITHOUT_SLASHES_RE.match(text):
+            raise ConfigError(
+                f"invalid repository URL {text!r}: a scheme must be followed by"
+                f" '//'; use {ACCEPTED_FORMS}",
+                hint=f"for a local folder whose name contains a colon, write ./{text}",
+            )
         path = Path(text).expanduser().absolute()
         return Location("file", str(path), path=path)
 
@@ -202,11 +218,13 @@ def s3_settings(
 
     s3:// reads AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and AWS_REGION or
-    AWS_DEFAULT_REGION. Without keys, obstore falls back to its own credential
-    chain (instance metadata and web identity, as the AWS SDKs do). r2:// uses
-    the account's R2 endpoint, region auto, and R2_ACCESS_KEY_ID and
-    R2_SECRET_ACCESS_KEY, falling back to the AWS_* pair. Every key read here
-    is registered as a secret so logs mask it.
+    AWS_DEFAULT_REGION. Without the key pair, one of ROLE_CREDENTIAL_VARIABLES
+    must be set, and obstore then fetches role credentials itself. Otherwise
+    ConfigError is raised before any request, so obstore never falls back to
+    the instance metadata service. r2:// uses the account's R2 endpoint,
+    region auto, and the pair R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY, or
+    else the AWS_* pair. Every key read here is registered as a secret so logs
+    mask it.
     """
     if location.scheme == "r2":
         return _r2_settings(environ, account_id)
@@ -226,6 +244,14 @@ def s3_settings(
         raise ConfigError(
             "incomplete S3 credentials: set both AWS_ACCESS_KEY_ID and"
             " AWS_SECRET_ACCESS_KEY, or neither"
+        )
+    if not key_id and not any(environ.get(name) for name in ROLE_CREDENTIAL_VARIABLES):
+        raise ConfigError(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            hint="to use a role instead, set AWS_WEB_IDENTITY_TOKEN_FILE and"
+            " AWS_ROLE_ARN, or AWS_CONTAINER_CREDENTIALS_FULL_URI or"
+            " AWS_CONTAINER_CREDENTIALS_RELATIVE_URI. kvsnap never asks the"
+            " instance metadata service.",
         )
 
     config = {"region": region}
@@ -253,20 +279,29 @@ def _r2_settings(environ: Mapping[str, str], account_id: str | None) -> S3Settin
             f"invalid Cloudflare account id {account!r}: expected letters and digits,"
             " as shown in the Cloudflare dashboard"
         )
-    key_id = environ.get("R2_ACCESS_KEY_ID") or environ.get("AWS_ACCESS_KEY_ID") or ""
-    secret = (
-        environ.get("R2_SECRET_ACCESS_KEY")
-        or environ.get("AWS_SECRET_ACCESS_KEY")
-        or ""
+
+    # Both keys come from one pair, so an R2 key id is never sent with an AWS secret.
+    pair_prefix = (
+        "R2"
+        if environ.get("R2_ACCESS_KEY_ID") or environ.get("R2_SECRET_ACCESS_KEY")
+        else "AWS"
     )
+    key_id = environ.get(f"{pair_prefix}_ACCESS_KEY_ID") or ""
+    secret = environ.get(f"{pair_prefix}_SECRET_ACCESS_KEY") or ""
     register_secret(key_id)
     register_secret(secret)
-    if not key_id or not secret:
+    if bool(key_id) != bool(secret):
+        raise ConfigError(
+            f"incomplete R2 credentials: set both {pair_prefix}_ACCESS_KEY_ID and"
+            f" {pair_prefix}_SECRET_ACCESS_KEY"
+        )
+    if not key_id:
         raise ConfigError(
             "r2:// repositories need R2 access keys: set R2_ACCESS_KEY_ID and"
             " R2_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
             hint="create them under R2 > Manage API tokens in the Cloudflare dashboard",
         )
+
     endpoint = R2_ENDPOINT.format(account_id=account)
     config = {
         "endpoint": endpoint,
@@ -331,6 +366,8 @@ class Storage:
         location = parse_location(url)
         retry = retry or RetryPolicy()
         if location.scheme == "file":
+            assert location.path is not None
+            _check_local_root(location.path)
             return cls(location, None, retry)
 
         environ = os.environ if environ is None else environ
@@ -535,6 +572,25 @@ class Storage:
                 hint="check that the access keys may read and write the bucket",
             )
         return RepositoryError(f"{operation} {target} failed: {detail}")
+
+
+def _check_local_root(root: Path) -> None:
+    """Raise ConfigError if `root`, or its nearest parent that exists, is not a
+    folder, because no repository can be read or created there."""
+    for candidate in (root, *root.parents):
+        if not candidate.exists():
+            continue
+        if candidate.is_dir():
+            return
+        kind = "a file, not a folder" if candidate.is_file() else "not a folder"
+        if candidate == root:
+            message = f"--repo {root} is {kind}"
+        else:
+            message = f"--repo {root} is inside {candidate}, which is {kind}"
+        raise ConfigError(
+            message,
+            hint="give the path of a folder, which kvsnap creates if it is missing",
+        )
 
 
 def _get_bytes(store: ObjectStore, path: str) -> bytes:

@@ -17,7 +17,13 @@ import msgspec
 from kvsnap.errors import CorruptPart, SnapshotNotFound, VerifyError
 from kvsnap.format import Manifest, PartInfo
 from kvsnap.limits import STORAGE_CONCURRENCY
-from kvsnap.repository import LATEST, Repository, decode_part, manifest_path_of
+from kvsnap.repository import (
+    LATEST,
+    Repository,
+    UnreadableManifest,
+    decode_part,
+    manifest_path_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +62,13 @@ async def verify_snapshot(
         scan = await _read_parts(repo, manifest)
     else:
         scan = _PartScan(await _check_sizes(repo, manifest.parts))
-    problems = scan.problems + _manifest_problems(manifest)
-    if read_data and not scan.problems and scan.value_bytes != manifest.value_bytes:
-        problems.append(
-            Problem(
-                manifest_path_of(manifest),
-                f"value_bytes is {manifest.value_bytes} but the values add up"
-                f" to {scan.value_bytes}",
-            )
+    problems = scan.problems + manifest_problems(manifest)
+    if read_data and not scan.problems:
+        totals = totals_problems(
+            manifest, records=scan.records, value_bytes=scan.value_bytes
         )
+        # A keys total that contradicts the part list is already in `problems`.
+        problems += [problem for problem in totals if problem not in problems]
 
     result = VerifyResult(
         snapshot_id=manifest.id,
@@ -87,8 +91,8 @@ async def verify_snapshot(
     return result
 
 
-def _manifest_problems(manifest: Manifest) -> list[Problem]:
-    """Check the manifest's totals against its own part list."""
+def manifest_problems(manifest: Manifest) -> list[Problem]:
+    """Check the manifest's totals against its own part list, without reading parts."""
     path = manifest_path_of(manifest)
     problems = []
     part_records = sum(part.records for part in manifest.parts)
@@ -109,6 +113,57 @@ def _manifest_problems(manifest: Manifest) -> list[Problem]:
             )
         )
     return problems
+
+
+def totals_problems(
+    manifest: Manifest, *, records: int, value_bytes: int
+) -> list[Problem]:
+    """Compare the records and value bytes read from every part with the
+    manifest's `keys` and `value_bytes`."""
+    path = manifest_path_of(manifest)
+    problems = []
+    if records != manifest.keys:
+        problems.append(
+            Problem(
+                path, f"keys is {manifest.keys} but the parts hold {records} records"
+            )
+        )
+    if value_bytes != manifest.value_bytes:
+        problems.append(
+            Problem(
+                path,
+                f"value_bytes is {manifest.value_bytes} but the values add up"
+                f" to {value_bytes}",
+            )
+        )
+    return problems
+
+
+def raise_for_problems(manifest: Manifest, problems: list[Problem]) -> None:
+    """Raise VerifyError naming each problem of one snapshot, if there is any."""
+    if not problems:
+        return
+    details = "; ".join(f"{problem.path}: {problem.message}" for problem in problems)
+    raise VerifyError(
+        f"snapshot {manifest.id} failed verification: {details}",
+        hint=f"`kvsnap verify --read-data {manifest.id}` checks every part",
+    )
+
+
+def unreadable_result(item: UnreadableManifest, *, read_data: bool) -> VerifyResult:
+    """Return the failed result of a snapshot whose manifest cannot be used."""
+    return VerifyResult(
+        snapshot_id=item.entry.snapshot_id,
+        namespace_id=item.entry.namespace_id,
+        namespace_title="",
+        read_started=item.entry.started,
+        read_data=read_data,
+        ok=False,
+        parts_checked=0,
+        records_checked=0,
+        bytes_read=0,
+        problems=[Problem(item.path, f"invalid manifest: {item.reason}")],
+    )
 
 
 async def _check_sizes(repo: Repository, parts: list[PartInfo]) -> list[Problem]:
@@ -164,29 +219,49 @@ async def verify_repository(
     """Verify the selected snapshot, or every snapshot (of `namespace`, if given).
 
     With both a selector and a namespace, ``latest`` means the namespace's
-    latest snapshot, and any other selector must name a snapshot of it.
+    latest snapshot, and any other selector must name a snapshot of it. A
+    manifest that cannot be read is a failed result, listed after the others,
+    when no selector is given or an id or prefix names it. ``latest`` skips it.
     """
+    unreadable: list[UnreadableManifest] = []
     if selector is None:
-        manifests = await repo.snapshots(namespace)
+        manifests, unreadable = await repo.scan_snapshots(namespace)
     elif namespace is not None and selector.strip() == LATEST:
         manifests = [await repo.resolve(f"{LATEST}@{namespace}")]
     else:
-        manifest = await repo.resolve(selector)
-        if namespace is not None and namespace not in (
-            manifest.namespace_id,
-            manifest.namespace_title,
-        ):
-            raise SnapshotNotFound(
-                f"snapshot {manifest.id} belongs to namespace"
-                f" {manifest.namespace_title} ({manifest.namespace_id}),"
-                f" not {namespace}"
-            )
-        manifests = [manifest]
+        found = await repo.resolve_any(selector)
+        if isinstance(found, UnreadableManifest):
+            # NOTE: the namespace is not checked here, because the title of an
+            # unreadable manifest is unknown.
+            manifests, unreadable = [], [found]
+        else:
+            _check_namespace(found, namespace)
+            manifests = [found]
 
     results = []
     for manifest in manifests:
         results.append(await verify_snapshot(repo, manifest, read_data=read_data))
+    for item in unreadable:
+        logger.debug(
+            "manifest %s is invalid: %s",
+            item.path,
+            item.reason,
+            extra={"snapshot": item.entry.snapshot_id},
+        )
+        results.append(unreadable_result(item, read_data=read_data))
     return results
+
+
+def _check_namespace(manifest: Manifest, namespace: str | None) -> None:
+    if namespace is not None and namespace not in (
+        manifest.namespace_id,
+        manifest.namespace_title,
+    ):
+        raise SnapshotNotFound(
+            f"snapshot {manifest.id} belongs to namespace"
+            f" {manifest.namespace_title} ({manifest.namespace_id}),"
+            f" not {namespace}"
+        )
 
 
 def raise_for_failures(results: list[VerifyResult]) -> None:

@@ -37,8 +37,8 @@ def export_command(
         STDOUT_NAME,
         "--output",
         "-o",
-        help="File to write; - for stdout. A file is complete only when the"
-        " command succeeds.",
+        help="File to write; - for stdout. A regular file is complete only when"
+        " the command succeeds; a FIFO or a device is written in place.",
     ),
     repo: str | None = RepoOption,
 ) -> None:
