@@ -80,12 +80,21 @@ class RetryPolicy:
         A server's Retry-After is honoured as given, up to `max_retry_after`,
         also above the 60 s that the Cloudflare SDK's own retry accepts.
         Otherwise the delay doubles from `base_delay` up to `max_delay`, with
-        full jitter so that concurrent requests do not retry in step.
+        jitter (see `backoff_delay`).
         """
         if retry_after is not None and retry_after >= 0:
             return min(retry_after, self.max_retry_after)
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_delay(attempt, self.base_delay, self.max_delay)
+
+
+def backoff_delay(attempt: int, base: float, maximum: float) -> float:
+    """Return an exponential delay with jitter after failed attempt `attempt`.
+
+    The ceiling doubles from `base` up to `maximum`, and the delay is drawn
+    from its upper half so that concurrent clients do not retry in step.
+    """
+    ceiling = min(maximum, base * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def parse_retry_after(value: str | None) -> float | None:

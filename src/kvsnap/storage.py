@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from kvsnap.errors import (
     RepositoryError,
 )
 from kvsnap.logs import mask, register_secret
+from kvsnap.ratelimit import backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Return the sleep in seconds after failed attempt number `attempt`."""
-        ceiling = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
-        return ceiling * random.uniform(0.5, 1.0)
+        return backoff_delay(attempt, self.backoff_base, self.backoff_max)
 
     def retry_config(self) -> Any:
         return {
