@@ -6,6 +6,9 @@ import hashlib
 import json
 import math
 import random
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -369,3 +372,26 @@ def test_backup_usage_error_exit_2(emulator: EmulatorServer, repo: str) -> None:
     assert result.code == 2
     assert "--concurrency" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_backup_interrupted_leaves_no_snapshot(tmp_path: Path, repo: str) -> None:
+    entries = [SeedEntry(f"k{i:05d}", b"v" * 100) for i in range(20_000)]
+    with EmulatorServer(tmp_path / "kv", rate_limit=(20, 2.0)) as server:
+        create_namespace(server, "big", entries)
+        command = [sys.executable, "-m", "kvsnap", "backup", "big", "--repo", repo]
+        child = subprocess.Popen(
+            [*command, "--part-size", "64KiB"],
+            env=cloudflare_env(server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(4)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=60)
+
+    assert child.returncode == 130
+    assert stdout == ""
+    assert stderr.splitlines()[-1] == "interrupted"
+    assert snapshots(repo) == []
+    assert list(Path(repo, "data").rglob("*.jsonl.zst")), "parts written so far remain"

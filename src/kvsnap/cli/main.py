@@ -78,9 +78,7 @@ def run() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        stderr.print(
-            "interrupted: no snapshot was written for the namespace in progress"
-        )
+        stderr.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except KvsnapError as exc:
         if _debug:
@@ -97,6 +95,8 @@ def run() -> None:
     except Exception:
         log.exception("unexpected error (a bug in kvsnap)")
         sys.exit(EXIT_INTERNAL)
+    if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
+        stderr.print("interrupted")
     sys.exit(result if isinstance(result, int) else 0)
 
 
