@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,3 +29,15 @@ def cf_env(emulator: EmulatorServer) -> dict[str, str]:
         "CLOUDFLARE_ACCOUNT_ID": emulator.account_id,
         "CLOUDFLARE_BASE_URL": emulator.base_url,
     }
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Skip tests marked slow unless `-m slow` selects them or KVSNAP_SLOW=1."""
+    if os.environ.get("KVSNAP_SLOW") == "1" or "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `make test-slow` or KVSNAP_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
