@@ -14,8 +14,9 @@ Exit codes, never reused for another meaning:
 2     command-line usage error (unknown option, missing argument)
 3     partial failure: some namespaces failed, the others succeeded
 4     verification failed: a part is missing, truncated or corrupt
+5     differences found (`kvsnap diff`), like diff(1)'s 1 but not shared
 10    configuration error: bad setting, unknown namespace, bad URL
-11    authentication error: the API token was missing or rejected
+11    authentication error: the API token was rejected (401 or 403)
 12    Cloudflare API error that retries did not cure
 20    repository error: the object store failed or holds bad data
 21    repository not found or not initialised
@@ -32,6 +33,7 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
+EXIT_DIFFERENT = 5
 EXIT_CONFIG = 10
 EXIT_AUTH = 11
 EXIT_API = 12
@@ -82,6 +84,16 @@ class RateLimitExhausted(ApiError):
     """Requests were still answered 429 after every retry."""
 
 
+class WriteFailed(ApiError):
+    """Keys that a bulk write or bulk delete still reported as failed after retries."""
+
+    def __init__(
+        self, message: str, keys: list[str], *, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.keys = keys
+
+
 class RepositoryError(KvsnapError):
     """The object store failed, or holds data kvsnap cannot use."""
 
@@ -110,6 +122,15 @@ class PartialFailure(KvsnapError):
     """Some namespaces of a run failed while others succeeded."""
 
     exit_code = EXIT_PARTIAL
+
+
+class InvalidRecord(VerifyError):
+    """A snapshot record that Workers KV would reject or bulk write cannot carry."""
+
+    def __init__(self, key: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"record of key {key!r} is invalid: {reason}", hint=hint)
+        self.key = key
+        self.reason = reason
 
 
 class ObjectNotFound(RepositoryError):

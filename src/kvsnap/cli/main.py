@@ -11,12 +11,14 @@ from kvsnap import __version__
 from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
     backup,
     demo,
+    diff,
     emulator,
     export,
     output,
     repository,
     verify,
 )
+from kvsnap.cli import log as log_command  # noqa: F401  (renamed: run() has a logger named log)
 from kvsnap.cli.app import app
 from kvsnap.cli.output import print_json, stderr
 from kvsnap.errors import (
