@@ -1,13 +1,16 @@
-"""Reading Workers KV through the official Cloudflare SDK.
+"""Reading and writing Workers KV through the official Cloudflare SDK.
 
 `KvClient` wraps `cloudflare.AsyncCloudflare` with the request discipline a
-backup needs and the SDK lacks:
+backup and a restore need and the SDK lacks:
 
 - one `RateLimiter` and one concurrency limit shared by every request;
 - retries of 429, 5xx, timeouts, dropped connections and truncated bodies,
   honouring Retry-After of any length (the SDK ignores values above 60 s),
   up to `RetryPolicy.max_attempts`, after which `ApiError` is raised;
-- 401 and 403 become `AuthError` at once, other 4xx become `ApiError`.
+- 401 and 403 become `AuthError` at once, other 4xx become `ApiError`;
+- keys that a bulk write or bulk delete reports in ``unsuccessful_keys`` are
+  sent again alone, up to `limits.BULK_WRITE_MAX_KEY_RETRIES` times, after
+  which `WriteFailed` names them.
 
 The SDK's own retries are switched off so that every attempt is counted and
 paced here. Response bodies are read raw and decoded with msgspec: a million
@@ -20,7 +23,7 @@ import asyncio
 import difflib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,7 +32,14 @@ import httpx
 import msgspec
 
 from kvsnap import limits
-from kvsnap.errors import ApiError, AuthError, NamespaceNotFound, RateLimitExhausted
+from kvsnap.batching import iter_key_chunks, record_item
+from kvsnap.errors import (
+    ApiError,
+    AuthError,
+    NamespaceNotFound,
+    RateLimitExhausted,
+    WriteFailed,
+)
 from kvsnap.format import Record, key_order
 from kvsnap.ratelimit import RateLimiter, RetryPolicy, parse_retry_after
 
@@ -44,6 +54,9 @@ REPLACEMENT_CHARACTER = "\ufffd"
 # Bisecting a rejected bulk get stops below this many keys: they are fetched
 # alone as raw bytes.
 _MIN_SPLIT_KEYS = 4
+
+# A WriteFailed message lists at most this many keys.
+_LISTED_KEYS = 20
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,29 @@ class _NamespacesPage(msgspec.Struct):
 class _BulkEntry(msgspec.Struct):
     value: Any = None
     metadata: Any = None
+    expiration: int | float | None = None
+
+
+class _BulkWriteResult(msgspec.Struct):
+    successful_key_count: int | None = None
+    unsuccessful_keys: list[str] = []
+
+
+class _BulkWriteEnvelope(msgspec.Struct):
+    result: _BulkWriteResult | None = None
+
+
+class _NamespaceInfo(msgspec.Struct):
+    id: str
+    title: str
+
+
+class _NamespaceEnvelope(msgspec.Struct):
+    result: _NamespaceInfo | None = None
+
+
+class _MetadataEnvelope(msgspec.Struct):
+    result: Any = None
 
 
 class _BulkGetResult(msgspec.Struct):
@@ -122,7 +158,11 @@ class ReadStats:
 
 
 class KvClient:
-    """Workers KV access for one account, used as an async context manager."""
+    """Workers KV access for one account, used as an async context manager.
+
+    `http_client`, when given, replaces the SDK's own httpx client (to add a
+    proxy or event hooks); it is closed with the KvClient.
+    """
 
     def __init__(
         self,
@@ -137,6 +177,7 @@ class KvClient:
         ),
         policy: RetryPolicy | None = None,
         timeout: float = limits.DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.account_id = account_id
         self.base_url = base_url
@@ -149,9 +190,11 @@ class KvClient:
             base_url=base_url,
             max_retries=0,
             timeout=timeout,
+            http_client=http_client,
         )
         self.requests = 0
         self.retries = 0
+        self.write_requests = 0  # bulk writes, bulk deletes, namespace creations
 
     async def __aenter__(self) -> KvClient:
         return self
@@ -270,6 +313,49 @@ class KvClient:
             if namespace not in chosen:
                 chosen.append(namespace)
         return chosen
+
+    async def get_namespace(self, namespace_id: str) -> Namespace:
+        """Return the namespace with this id, or raise NamespaceNotFound."""
+        try:
+            body = await self._read_json(
+                f"get namespace {namespace_id}",
+                lambda: self._sdk.kv.namespaces.with_raw_response.get(
+                    namespace_id, account_id=self.account_id
+                ),
+                _NamespaceEnvelope,
+            )
+        except _NotFound as exc:
+            raise NamespaceNotFound(
+                f"namespace {namespace_id} not found: {exc}"
+            ) from exc
+        except _Rejected as exc:
+            raise ApiError(f"get namespace {namespace_id} failed: {exc}") from exc
+        return _namespace_from(body, f"get namespace {namespace_id}")
+
+    async def create_namespace(self, title: str) -> Namespace:
+        """Create a namespace and return it.
+
+        Not idempotent: Cloudflare rejects a title that the account already
+        uses (400), which raises ApiError. A retry after a timeout may
+        therefore fail although the first request created the namespace.
+        """
+        operation = f"create namespace {title!r}"
+
+        async def send() -> Any:
+            self.write_requests += 1
+            return await self._sdk.kv.namespaces.with_raw_response.create(
+                account_id=self.account_id, title=title
+            )
+
+        try:
+            body = await self._read_json(operation, send, _NamespaceEnvelope)
+        except _Rejected as exc:
+            raise ApiError(
+                f"{operation} failed: {exc}",
+                hint="a namespace with this title may exist already; "
+                "choose it by id, or pick another title",
+            ) from exc
+        return _namespace_from(body, operation)
 
     # Keys and values.
 
@@ -530,6 +616,163 @@ class KvClient:
         results = [task.result() for task in tasks]
         return results if keep_gaps else [r for r in results if r is not None]
 
+    # Writes.
+
+    async def bulk_write(self, namespace_id: str, records: Sequence[Record]) -> None:
+        """Write records with one bulk write, then send failed keys again.
+
+        `records` must fit one request: at most 10,000 pairs and 100,000,000
+        bytes of body (`kvsnap.batching.iter_batches` cuts them so). Each
+        record is sent as `kvsnap.batching.record_item` maps it. The write is
+        idempotent, because items carry an absolute expiration or none, so a
+        request that `_call` retries after a timeout stores the same pairs
+        again. Keys listed in ``unsuccessful_keys`` are sent again alone with
+        their whole record, at least 1 s apart (KV takes one write per second
+        per key), up to `limits.BULK_WRITE_MAX_KEY_RETRIES` times.
+
+        Raises WriteFailed naming the keys that still failed, or all keys of
+        the request when the API rejects it (4xx), and NamespaceNotFound.
+        """
+        if len(records) > limits.BULK_WRITE_MAX_PAIRS:
+            raise ValueError(
+                f"a bulk write takes at most {limits.BULK_WRITE_MAX_PAIRS} pairs, "
+                f"got {len(records)}"
+            )
+        by_key = {record.key: record for record in records}  # the last one wins
+
+        async def send(keys: list[str]) -> list[str]:
+            items = [record_item(by_key[key]) for key in keys]
+            return await self._bulk_request(
+                namespace_id,
+                f"bulk write of {len(items)} pairs to namespace {namespace_id}",
+                lambda: self._sdk.kv.namespaces.with_raw_response.bulk_update(
+                    namespace_id, account_id=self.account_id, body=items
+                ),
+                keys,
+            )
+
+        await self._until_keys_succeed("bulk write", namespace_id, list(by_key), send)
+
+    async def bulk_delete(self, namespace_id: str, keys: Iterable[str]) -> None:
+        """Delete keys with bulk deletes of at most 10,000 keys each.
+
+        Deleting a missing key is not an error. Keys listed in
+        ``unsuccessful_keys`` are sent again as in `bulk_write`. Raises
+        WriteFailed naming the keys that still failed, and NamespaceNotFound.
+        """
+
+        async def send(chunk: list[str]) -> list[str]:
+            return await self._bulk_request(
+                namespace_id,
+                f"bulk delete of {len(chunk)} keys in namespace {namespace_id}",
+                lambda: self._sdk.kv.namespaces.with_raw_response.bulk_delete(
+                    namespace_id, account_id=self.account_id, body=chunk
+                ),
+                chunk,
+            )
+
+        for chunk in iter_key_chunks(keys, limits.BULK_DELETE_MAX_KEYS):
+            unique = list(dict.fromkeys(chunk))
+            await self._until_keys_succeed("bulk delete", namespace_id, unique, send)
+
+    async def _until_keys_succeed(
+        self,
+        operation: str,
+        namespace_id: str,
+        keys: list[str],
+        send: Callable[[list[str]], Awaitable[list[str]]],
+    ) -> None:
+        """Call `send` with the keys that last failed until none fail, or give up."""
+        pending = keys
+        for attempt in range(1, limits.BULK_WRITE_MAX_KEY_RETRIES + 2):
+            if not pending:
+                return
+            failed = await send(pending)
+            known = set(pending)
+            unknown = [key for key in failed if key not in known]
+            if unknown:
+                log.warning(
+                    "%s reported %d failed keys that were not in the request "
+                    "(first: %r), so they are ignored",
+                    operation,
+                    len(unknown),
+                    unknown[0],
+                )
+            pending = [key for key in dict.fromkeys(failed) if key in known]
+            if not pending or attempt > limits.BULK_WRITE_MAX_KEY_RETRIES:
+                break
+            delay = max(limits.KEY_WRITE_INTERVAL_SECONDS, self.policy.backoff(attempt))
+            self.retries += 1
+            log.warning(
+                "%s in namespace %s: %d keys failed, sending them again "
+                "(retry %d of %d) in %.1f s",
+                operation,
+                namespace_id,
+                len(pending),
+                attempt,
+                limits.BULK_WRITE_MAX_KEY_RETRIES,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        if pending:
+            raise WriteFailed(
+                f"{operation} in namespace {namespace_id} failed for "
+                f"{len(pending)} keys after {limits.BULK_WRITE_MAX_KEY_RETRIES} "
+                f"retries: {_list_keys(pending)}",
+                pending,
+                hint="the API kept reporting these keys as unsuccessful; "
+                "run the restore again later, it writes the same values again",
+            )
+
+    async def _bulk_request(
+        self,
+        namespace_id: str,
+        operation: str,
+        send: Callable[[], Awaitable[Any]],
+        keys: list[str],
+    ) -> list[str]:
+        """Send one bulk write or bulk delete and return its ``unsuccessful_keys``."""
+
+        async def counted() -> Any:
+            self.write_requests += 1
+            return await send()
+
+        try:
+            body = await self._read_json(operation, counted, _BulkWriteEnvelope)
+        except _NotFound as exc:
+            raise NamespaceNotFound(
+                f"namespace {namespace_id} not found: {exc}"
+            ) from exc
+        except _Rejected as exc:
+            raise WriteFailed(
+                f"{operation} was rejected: {exc}",
+                keys,
+                hint="the API rejected the whole request, so none of its keys "
+                "were changed",
+            ) from exc
+        return body.result.unsuccessful_keys if body.result else []
+
+    async def get_metadata(self, namespace_id: str, key: str) -> Any:
+        """Return the metadata of one key, or None when it has none or is absent."""
+        try:
+            body = await self._read_json(
+                "read metadata",
+                lambda: self._sdk.kv.namespaces.metadata.with_raw_response.get(
+                    key, account_id=self.account_id, namespace_id=namespace_id
+                ),
+                _MetadataEnvelope,
+            )
+        except _NotFound as exc:
+            if exc.namespace_missing:
+                message = f"namespace {namespace_id} not found: {exc}"
+                raise NamespaceNotFound(message) from exc
+            return None
+        except _Rejected as exc:
+            raise ApiError(f"read metadata of key {key!r} failed: {exc}") from exc
+        except ValueError as exc:  # the SDK refuses empty, "." and ".." keys
+            raise ApiError(f"cannot read key {key!r} through the API: {exc}") from exc
+        return body.result
+
 
 async def _next_pending(
     pending: asyncio.Queue[asyncio.Task[list[Record]] | None],
@@ -583,6 +826,18 @@ def _candidates(available: list[Namespace]) -> str:
     listed = ", ".join(f"{ns.title} ({ns.id})" for ns in available[:20])
     more = f" and {len(available) - 20} more" if len(available) > 20 else ""
     return f"namespaces in the account: {listed}{more}"
+
+
+def _namespace_from(body: _NamespaceEnvelope, operation: str) -> Namespace:
+    if body.result is None:
+        raise ApiError(f"{operation} returned no namespace")
+    return Namespace(body.result.id, body.result.title)
+
+
+def _list_keys(keys: list[str]) -> str:
+    listed = ", ".join(repr(key) for key in keys[:_LISTED_KEYS])
+    more = len(keys) - _LISTED_KEYS
+    return f"{listed} and {more} more" if more > 0 else listed
 
 
 def _error_codes(exc: cloudflare.APIStatusError) -> list[int]:

@@ -21,6 +21,10 @@ BULK_WRITE_MAX_PAIRS = 10_000  # PUT .../bulk
 BULK_WRITE_MAX_BYTES = 100_000_000  # PUT .../bulk: "100 megabytes or less"
 BULK_DELETE_MAX_KEYS = 10_000  # POST .../bulk/delete
 
+# Workers KV is eventually consistent: a write can take up to 60 s to be
+# visible in other locations (developers.cloudflare.com/kv/api/read-key-value-pairs/).
+KV_CONSISTENCY_SECONDS = 60.0
+
 # Cloudflare's global client API limit: 1,200 requests per 5 minutes per user
 # or account token (developers.cloudflare.com/fundamentals/api/reference/limits/).
 API_BUDGET_REQUESTS = 1200
@@ -33,6 +37,24 @@ DEFAULT_BACKOFF_BASE_SECONDS = 0.5  # first retry delay, doubled each time
 DEFAULT_BACKOFF_MAX_SECONDS = 30.0  # ceiling of one computed delay
 DEFAULT_MAX_RETRY_AFTER_SECONDS = 600.0  # longest Retry-After kvsnap will wait
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 60.0
+
+# Restore writes. A record keeps its absolute expiration only when that is at
+# least MIN_EXPIRATION_SECONDS plus this margin ahead. A batch may wait in the
+# rate limiter or be retried for up to the margin and still carry
+# expirations that the API accepts.
+EXPIRATION_MARGIN_SECONDS = 30
+NEAR_EXPIRY_SECONDS = MIN_EXPIRATION_SECONDS + EXPIRATION_MARGIN_SECONDS
+# Keys that a bulk write reports in unsuccessful_keys are sent again this many
+# times at most. The delay never drops below 1 s because KV allows one write
+# per second per key (developers.cloudflare.com/kv/api/write-key-value-pairs/).
+BULK_WRITE_MAX_KEY_RETRIES = 5
+KEY_WRITE_INTERVAL_SECONDS = 1.0
+
+# Read-back after a restore: how long mismatching keys are read again, and
+# the delays between rounds (doubled from the base up to the max).
+READBACK_WINDOW_SECONDS = KV_CONSISTENCY_SECONDS + 30.0
+READBACK_BACKOFF_BASE_SECONDS = 1.0
+READBACK_BACKOFF_MAX_SECONDS = 15.0
 
 # Parts hold about this many uncompressed bytes. The whole compressed part is
 # kept in memory until it is uploaded, so this bounds memory per part.

@@ -90,6 +90,13 @@ def emulator(
         help="Bulk get of non-UTF-8 values: replace (U+FFFD) or reject (400).",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed for latency draws."),
+    stale_reads: float = typer.Option(
+        0.0,
+        "--stale-reads",
+        min=0.0,
+        help="Seconds for which reads keep returning a key's previous state "
+        "after it is written or deleted (0: reads are consistent).",
+    ),
 ) -> None:
     """Run a local Cloudflare Workers KV API server for demos and tests."""
     if bulk_get_binary not in ("replace", "reject"):
@@ -109,6 +116,7 @@ def emulator(
         rate_limit=parse_rate_limit(rate_limit),
         bulk_get_binary=bulk_get_binary,
         seed=seed,
+        stale_reads_seconds=stale_reads,
     )
     stop = threading.Event()
     with _stop_on_signals(stop):

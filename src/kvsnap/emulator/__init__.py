@@ -85,6 +85,17 @@ Choices where Cloudflare documents nothing
     * Namespaces report ``supports_url_encoding: true``.
     * The rate limit is one sliding window for the whole server.
 
+Eventual consistency (stale reads)
+    Workers KV may return a key's old state for up to about 60 s after a
+    write made elsewhere (facts file, section 4). By default the emulator
+    is strongly consistent. ``EmulatorServer(..., stale_reads_seconds=S)``
+    or ``kvsnap emulator --stale-reads S`` makes it stale: after a key is
+    written or deleted, GET of its value or metadata, bulk get and the key
+    list keep returning the key's previous state (its old value, metadata
+    and expiration, or its absence) for S seconds of the server's clock. A
+    later write of the same key replaces the kept state with the one just
+    before that write. Writes themselves are never stale.
+
 Spec disagreements (the facts file and the SDK win)
     The OpenAPI description says DELETE of a namespace or a key has a
     required JSON body; the SDK sends none and the emulator wants none.

@@ -304,7 +304,8 @@ def put_value(request: Request, context: Context) -> Response:
     expiration = validate.expiration(
         request.param("expiration"), request.param("expiration_ttl"), context.clock()
     )
-    context.store.put(namespace, [Write(key, value, expiration, metadata)])
+    write = Write(key, value, expiration, metadata)
+    context.store.put(namespace, [write], context.clock())
     return ok(None)
 
 
@@ -312,7 +313,7 @@ def delete_value(request: Request, context: Context) -> Response:
     namespace = _namespace(request, context)
     assert request.route.key is not None
     key = validate.key_from_path(request.route.key)
-    context.store.delete(namespace, [key])
+    context.store.delete(namespace, [key], context.clock())
     return ok(None)
 
 
@@ -381,7 +382,7 @@ def bulk_write(request: Request, context: Context) -> Response:
         )
     now = context.clock()
     writes = [_bulk_item(i, item, now) for i, item in enumerate(body)]
-    context.store.put(namespace, writes)
+    context.store.put(namespace, writes, now)
     return ok({"successful_key_count": len(writes), "unsuccessful_keys": []})
 
 
@@ -389,7 +390,7 @@ def bulk_delete(request: Request, context: Context) -> Response:
     namespace = _namespace(request, context)
     names = _key_list(_json_body(request), BULK_DELETE_MAX_KEYS, "bulk delete")
     keys = [validate.key_bytes(name) for name in names]
-    context.store.delete(namespace, keys)
+    context.store.delete(namespace, keys, context.clock())
     return ok({"successful_key_count": len(keys), "unsuccessful_keys": []})
 
 

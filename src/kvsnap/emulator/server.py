@@ -236,7 +236,10 @@ class EmulatorServer:
     ``serve_forever()`` serves in the calling thread (the CLI). Data lives in
     ``data_dir/kv.sqlite3`` and survives restarts. ``clock`` (epoch seconds)
     decides what has expired; tests may replace it at any time. ``seed``
-    makes the latency draws repeatable.
+    makes the latency draws repeatable. ``stale_reads_seconds`` above 0
+    makes reads return a key's previous state for that long after it is
+    written or deleted, as Workers KV may because it is eventually
+    consistent. The time is measured on ``clock`` (see `kvsnap.emulator.store`).
     """
 
     def __init__(
@@ -252,11 +255,14 @@ class EmulatorServer:
         bulk_get_binary: str = "replace",
         seed: int | None = None,
         clock: Callable[[], float] | None = None,
+        stale_reads_seconds: float = 0.0,
     ) -> None:
         if bulk_get_binary not in BULK_GET_BINARY_MODES:
             raise ValueError(f"bulk_get_binary must be one of {BULK_GET_BINARY_MODES}")
         if latency_ms is not None and not 0 <= latency_ms[0] <= latency_ms[1]:
             raise ValueError("latency_ms must be (low, high) with 0 <= low <= high")
+        if not stale_reads_seconds >= 0:
+            raise ValueError("stale_reads_seconds must be 0 or more")
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
@@ -266,6 +272,7 @@ class EmulatorServer:
         self.rate_limit = rate_limit
         self.bulk_get_binary = bulk_get_binary
         self.seed = seed
+        self.stale_reads_seconds = stale_reads_seconds
         self._clock = clock or time.time
         self._stats = Stats()
         self._faults = FaultLayer()
@@ -280,7 +287,7 @@ class EmulatorServer:
     def _bind(self) -> _HTTPServer:
         if self._httpd is not None:
             return self._httpd
-        self._store = Store(self.data_dir)
+        self._store = Store(self.data_dir, stale_reads_seconds=self.stale_reads_seconds)
         self._context = Context(self._store, self._now, self.bulk_get_binary)
         pipeline = Pipeline(
             self._context,

@@ -10,6 +10,13 @@ Expired pairs stay in the file but every read compares with the ``now`` it is
 given, so they vanish from reads, bulk reads and lists at once. Writes go
 through one lock (SQLite has one writer anyway); reads use a pool of
 connections, one per request in flight.
+
+Stale reads: with ``stale_reads_seconds`` above 0, a write or delete first
+copies the key's previous state (its row, or the fact that it was absent)
+into the ``stale`` table with ``visible_until = now + stale_reads_seconds``.
+Until then every read of that key (value, metadata, bulk get, list) sees the
+copy instead of the current row. A second write replaces the copy, so reads
+then see the state just before that write.
 """
 
 from __future__ import annotations
@@ -41,7 +48,31 @@ CREATE TABLE IF NOT EXISTS pairs (
     value BLOB NOT NULL,
     PRIMARY KEY (ns, key)
 );
+CREATE TABLE IF NOT EXISTS stale (
+    ns INTEGER NOT NULL REFERENCES namespaces (pk) ON DELETE CASCADE,
+    key BLOB NOT NULL,
+    visible_until REAL NOT NULL,
+    present INTEGER NOT NULL,
+    expiration INTEGER,
+    metadata TEXT,
+    value BLOB,
+    PRIMARY KEY (ns, key)
+);
 """
+
+# Rows as reads see them while stale reads are on: current pairs that have
+# no visible stale copy, plus the visible copies of keys that were present.
+# Both parameters are `now`.
+_VISIBLE_PAIRS = """(
+    SELECT ns, key, expiration, metadata, value FROM pairs AS p
+    WHERE NOT EXISTS (
+        SELECT 1 FROM stale AS s
+        WHERE s.ns = p.ns AND s.key = p.key AND s.visible_until > ?
+    )
+    UNION ALL
+    SELECT ns, key, expiration, metadata, value FROM stale
+    WHERE visible_until > ? AND present = 1
+)"""
 
 # The column order of `pairs` matters: value comes last, so a list query,
 # which never reads it, does not load a large value's overflow pages.
@@ -87,9 +118,10 @@ def prefix_end(prefix: bytes) -> bytes | None:
 class Store:
     """The emulator's data; safe to share between request threads."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, stale_reads_seconds: float = 0.0) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_FILE
+        self.stale_reads_seconds = stale_reads_seconds
         self._pool: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
@@ -199,9 +231,10 @@ class Store:
 
     # -- pairs -----------------------------------------------------------
 
-    def put(self, namespace: Namespace, writes: Sequence[Write]) -> None:
+    def put(self, namespace: Namespace, writes: Sequence[Write], now: float) -> None:
         """Write pairs in one transaction; later writes of a key win."""
         with self._transaction() as conn:
+            self._keep_previous(conn, namespace, [w.key for w in writes], now)
             conn.executemany(
                 "INSERT INTO pairs (ns, key, expiration, metadata, value) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET "
@@ -213,24 +246,58 @@ class Store:
                 ],
             )
 
-    def delete(self, namespace: Namespace, keys: Sequence[bytes]) -> None:
+    def delete(self, namespace: Namespace, keys: Sequence[bytes], now: float) -> None:
         """Delete pairs; deleting a missing key is not an error."""
         with self._transaction() as conn:
+            self._keep_previous(conn, namespace, keys, now)
             conn.executemany(
                 "DELETE FROM pairs WHERE ns = ? AND key = ?",
                 [(namespace.pk, key) for key in keys],
             )
+
+    def _keep_previous(
+        self,
+        conn: sqlite3.Connection,
+        namespace: Namespace,
+        keys: Sequence[bytes],
+        now: float,
+    ) -> None:
+        """Copy the keys' current state into ``stale`` before they change."""
+        if self.stale_reads_seconds <= 0:
+            return
+        until = now + self.stale_reads_seconds
+        unique = list(dict.fromkeys(keys))
+        conn.execute("DELETE FROM stale WHERE visible_until <= ?", (now,))
+        conn.executemany(
+            "INSERT OR REPLACE INTO stale (ns, key, visible_until, present) "
+            "VALUES (?, ?, ?, 0)",
+            [(namespace.pk, key, until) for key in unique],
+        )
+        conn.executemany(
+            "INSERT OR REPLACE INTO stale "
+            "(ns, key, visible_until, present, expiration, metadata, value) "
+            "SELECT ns, key, ?, 1, expiration, metadata, value FROM pairs "
+            "WHERE ns = ? AND key = ?",
+            [(until, namespace.pk, key) for key in unique],
+        )
+
+    def _source(self, now: float) -> tuple[str, tuple[float, ...]]:
+        """Return the table expression that reads select from, and its parameters."""
+        if self.stale_reads_seconds <= 0:
+            return "pairs", ()
+        return _VISIBLE_PAIRS, (now, now)
 
     def get(
         self, namespace: Namespace, key: bytes, now: float, *, with_value: bool = True
     ) -> Pair | None:
         """One live pair, or None when it is missing or expired."""
         column = "value" if with_value else "NULL"
+        source, source_params = self._source(now)
         with self._connection() as conn:
             row = conn.execute(
-                f"SELECT key, {column}, expiration, metadata FROM pairs "
+                f"SELECT key, {column}, expiration, metadata FROM {source} "
                 f"WHERE ns = ? AND key = ? AND {_LIVE}",
-                (namespace.pk, key, int(now)),
+                (*source_params, namespace.pk, key, int(now)),
             ).fetchone()
         return Pair(*row) if row else None
 
@@ -240,14 +307,15 @@ class Store:
         """The live pairs among keys (missing and expired ones are absent)."""
         found: dict[bytes, Pair] = {}
         unique = list(dict.fromkeys(keys))
+        source, source_params = self._source(now)
         with self._connection() as conn:
             for start in range(0, len(unique), 500):
                 chunk = unique[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
-                    f"SELECT key, value, expiration, metadata FROM pairs "
+                    f"SELECT key, value, expiration, metadata FROM {source} "
                     f"WHERE ns = ? AND key IN ({marks}) AND {_LIVE}",
-                    (namespace.pk, *chunk, int(now)),
+                    (*source_params, namespace.pk, *chunk, int(now)),
                 )
                 for row in rows:
                     found[row[0]] = Pair(*row)
@@ -263,8 +331,9 @@ class Store:
         limit: int,
     ) -> list[Pair]:
         """Live keys in byte order, starting after ``after``; no values."""
+        source, source_params = self._source(now)
         clauses = ["ns = ?", _LIVE]
-        params: list[object] = [namespace.pk, int(now)]
+        params: list[object] = [*source_params, namespace.pk, int(now)]
         if prefix:
             clauses.append("key >= ?")
             params.append(prefix)
@@ -278,7 +347,7 @@ class Store:
         params.append(limit)
         with self._connection() as conn:
             rows = conn.execute(
-                f"SELECT key, NULL, expiration, metadata FROM pairs "
+                f"SELECT key, NULL, expiration, metadata FROM {source} "
                 f"WHERE {' AND '.join(clauses)} ORDER BY key LIMIT ?",
                 params,
             ).fetchall()
