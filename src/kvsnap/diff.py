@@ -194,6 +194,31 @@ async def _next(records: AsyncIterator[Record]) -> Record | None:
     return await anext(records, None)
 
 
+async def merge_by_key(
+    a: AsyncIterator[Record], b: AsyncIterator[Record]
+) -> AsyncIterator[tuple[Record | None, Record | None]]:
+    """Yield (record of a, record of b) per key, None for the side lacking it.
+
+    Both streams must be sorted strictly by `key_order`; the pairs come out in
+    that order. Only one record of each side is held at a time.
+    """
+    record_a, record_b = await _next(a), await _next(b)
+    while record_a is not None or record_b is not None:
+        if record_b is None or (
+            record_a is not None and key_order(record_a.key) < key_order(record_b.key)
+        ):
+            pair = (record_a, None)
+        elif record_a is None or key_order(record_b.key) < key_order(record_a.key):
+            pair = (None, record_b)
+        else:
+            pair = (record_a, record_b)
+        if pair[0] is not None:
+            record_a = await _next(a)
+        if pair[1] is not None:
+            record_b = await _next(b)
+        yield pair
+
+
 async def diff_records(
     a: AsyncIterator[Record],
     b: AsyncIterator[Record],
@@ -210,25 +235,9 @@ async def diff_records(
     left = filter_prefix(a, prefix, "A")
     right = filter_prefix(b, prefix, "B")
     try:
-        record_a, record_b = await _next(left), await _next(right)
-        while record_a is not None or record_b is not None:
-            if record_b is None or (
-                record_a is not None
-                and key_order(record_a.key) < key_order(record_b.key)
-            ):
-                older, newer = record_a, None
-            elif record_a is None or key_order(record_b.key) < key_order(record_a.key):
-                older, newer = None, record_b
-            else:
-                older, newer = record_a, record_b
-
-            if older is not None:
-                counts.keys_a += 1
-                record_a = await _next(left)
-            if newer is not None:
-                counts.keys_b += 1
-                record_b = await _next(right)
-
+        async for older, newer in merge_by_key(left, right):
+            counts.keys_a += older is not None
+            counts.keys_b += newer is not None
             found = compare_records(older, newer)
             if found is None:
                 counts.unchanged += 1

@@ -15,6 +15,9 @@ Exit codes, never reused for another meaning:
 3     partial failure: some namespaces failed, the others succeeded
 4     verification failed: a part is missing, truncated or corrupt
 5     differences found (`kvsnap diff`), like diff(1)'s 1 but not shared
+6     restore refused: its plan conflicts with live keys, breaks a cap or
+      holds invalid records; nothing was written
+7     restore wrote its plan but the read-back found mismatches
 10    configuration error: bad setting, unknown namespace, bad URL
 11    authentication error: the API token was rejected (401 or 403)
 12    Cloudflare API error that retries did not cure
@@ -34,6 +37,8 @@ EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_VERIFY = 4
 EXIT_DIFFERENT = 5
+EXIT_REFUSED = 6
+EXIT_MISMATCH = 7
 EXIT_CONFIG = 10
 EXIT_AUTH = 11
 EXIT_API = 12
@@ -85,7 +90,7 @@ class RateLimitExhausted(ApiError):
 
 
 class WriteFailed(ApiError):
-    """Keys that a bulk write or bulk delete still reported as failed after retries."""
+    """A bulk write or bulk delete still reported keys as failed after every retry."""
 
     def __init__(
         self, message: str, keys: list[str], *, hint: str | None = None
@@ -116,6 +121,12 @@ class VerifyError(KvsnapError):
     """A snapshot failed verification; the message names each bad part."""
 
     exit_code = EXIT_VERIFY
+
+
+class PlanRefused(KvsnapError):
+    """A restore plan was refused before any write; the message says why."""
+
+    exit_code = EXIT_REFUSED
 
 
 class PartialFailure(KvsnapError):

@@ -70,6 +70,10 @@ _MANIFEST_NAME_RE = re.compile(
 )
 
 
+# Tag of the snapshots that a restore writes of the live keys it replaces.
+PRE_RESTORE_TAG = "pre-restore"
+
+
 def new_snapshot_id() -> str:
     return secrets.token_hex(SNAPSHOT_ID_BYTES)
 
@@ -425,7 +429,10 @@ class Repository:
                 f" {_describe_namespaces(manifests)}",
                 hint=f"use one of {choices}",
             )
-        return manifests[-1]
+        # A restore saves the live keys it replaces as a snapshot tagged
+        # pre-restore; "latest" means the latest backup, so it skips those.
+        backups = [m for m in manifests if PRE_RESTORE_TAG not in m.tags]
+        return (backups or manifests)[-1]
 
     async def _resolve_prefix(
         self, selector: str, prefix: str

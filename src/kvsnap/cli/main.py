@@ -16,6 +16,7 @@ from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
     export,
     output,
     repository,
+    restore,
     verify,
 )
 from kvsnap.cli import log as log_command  # noqa: F401  (renamed: run() has a logger named log)

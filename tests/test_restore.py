@@ -1,0 +1,396 @@
+"""End-to-end restores against the emulator, through the kvsnap CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import cloudflare
+import pytest
+
+from kvsnap.emulator import DEFAULT_ACCOUNT_ID, EmulatorServer
+from kvsnap.format import PartBuilder, Record
+from kvsnap.repository import Repository
+from kvsnap.seed import SeedEntry, auth_entries, write_entries
+from tests.kvtools import (
+    cloudflare_env,
+    create_namespace,
+    records_by_key,
+    run_cli,
+    sdk,
+    snapshots,
+)
+
+SECOND_ACCOUNT = "b" * 32
+
+
+def value_of(server: EmulatorServer, namespace_id: str, key: str) -> bytes | None:
+    client = sdk(server)
+    try:
+        response = client.kv.namespaces.values.get(
+            key, account_id=server.account_id, namespace_id=namespace_id
+        )
+    except cloudflare.NotFoundError:
+        return None
+    return response.read()
+
+
+def put(server: EmulatorServer, namespace_id: str, entries: list[SeedEntry]) -> None:
+    write_entries(sdk(server), server.account_id, namespace_id, entries)
+
+
+def writes(server: EmulatorServer) -> int:
+    requests = server.stats()["requests"]
+    return sum(requests.get(name, 0) for name in ("PUT bulk", "POST bulk/delete"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> str:
+    return str(tmp_path / "repo")
+
+
+def restore(server: EmulatorServer, repo: str, *args: str, **env: str):
+    return run_cli(["restore", "--repo", repo, *args], cloudflare_env(server, **env))
+
+
+def k18_state(server: EmulatorServer, repo: str) -> str:
+    """Back up user/1 and user/2 at v1, then change the live namespace."""
+    namespace_id = create_namespace(
+        server, "users", [SeedEntry("user/1", b"v1"), SeedEntry("user/2", b"v1")]
+    )
+    backup = run_cli(["backup", "users", "--repo", repo], cloudflare_env(server))
+    assert backup.code == 0, backup.stderr
+    put(server, namespace_id, [SeedEntry("user/1", b"v2"), SeedEntry("user/3", b"new")])
+    client = sdk(server)
+    client.kv.namespaces.values.delete(
+        "user/2", account_id=server.account_id, namespace_id=namespace_id
+    )
+    return namespace_id
+
+
+def test_restore_dry_run_plan_k18(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+    emulator.reset_stats()
+
+    result = restore(emulator, repo, "latest@users", "--dry-run", "--json")
+
+    assert result.code == 6, result.stderr
+    summary = json.loads(result.stdout)
+    assert "--conflict overwrite" in result.stderr
+    assert "1 live keys differ" in summary["refused"]
+    plan = summary["plan"]
+    assert plan["overwrite"] == 1
+    assert plan["create"] == 1
+    assert plan["live_only"] == 1
+    assert plan["delete"] == 0
+    assert writes(emulator) == 0
+
+
+def test_restore_dry_run_overwrite_ok(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+    emulator.reset_stats()
+
+    result = restore(
+        emulator, repo, "latest@users", "--dry-run", "--conflict", "overwrite"
+    )
+
+    assert result.code == 0, result.stderr
+    assert "overwrite" in result.stderr
+    assert "'user/1'" in result.stderr
+    assert result.stdout == "dry run: nothing was written\n"
+    assert writes(emulator) == 0
+
+
+def test_restore_conflict_error_writes_nothing(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    namespace_id = k18_state(emulator, repo)
+    emulator.reset_stats()
+
+    result = restore(emulator, repo, "latest@users", "--yes")
+
+    assert result.code == 6
+    assert "--conflict overwrite" in result.stderr
+    assert "'user/1'" in result.stderr
+    assert writes(emulator) == 0
+    assert value_of(emulator, namespace_id, "user/2") is None
+
+
+def test_restore_skip_existing_k18(emulator: EmulatorServer, repo: str) -> None:
+    namespace_id = k18_state(emulator, repo)
+
+    result = restore(
+        emulator, repo, "latest@users", "--conflict", "skip-existing", "--yes"
+    )
+
+    assert result.code == 0, result.stderr
+    assert value_of(emulator, namespace_id, "user/1") == b"v2"
+    assert value_of(emulator, namespace_id, "user/2") == b"v1"
+    assert value_of(emulator, namespace_id, "user/3") == b"new"
+
+
+def test_restore_exact_overwrite_saves_pre_restore(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    namespace_id = k18_state(emulator, repo)
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@users",
+        "--conflict",
+        "overwrite",
+        "--exact",
+        "--yes",
+        "--json",
+    )
+
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 2
+    assert summary["deleted"] == 1
+    assert summary["verified"] == 2
+    assert value_of(emulator, namespace_id, "user/1") == b"v1"
+    assert value_of(emulator, namespace_id, "user/2") == b"v1"
+    assert value_of(emulator, namespace_id, "user/3") is None
+    [saved] = [m for m in snapshots(repo) if "pre-restore" in m.tags]
+    assert saved.id == summary["pre_restore_snapshot"]
+    prior = records_by_key(repo, saved)
+    assert {key: r.value for key, r in prior.items()} == {
+        "user/1": "v2",
+        "user/3": "new",
+    }
+
+
+def test_restore_rerun_writes_nothing(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+    first = restore(emulator, repo, "latest@users", "--conflict", "overwrite", "--yes")
+    emulator.reset_stats()
+
+    second = restore(
+        emulator, repo, "latest@users", "--conflict", "overwrite", "--yes", "--json"
+    )
+
+    assert first.code == 0, first.stderr
+    assert second.code == 0, second.stderr
+    assert json.loads(second.stdout)["plan"]["unchanged"] == 2
+    assert writes(emulator) == 0
+
+
+def test_restore_needs_yes_without_tty(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+    emulator.reset_stats()
+
+    result = restore(emulator, repo, "latest@users", "--conflict", "overwrite")
+
+    assert result.code == 10
+    assert "--yes" in result.stderr
+    assert writes(emulator) == 0
+
+
+def test_restore_max_writes_cap(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@users",
+        "--conflict",
+        "overwrite",
+        "--max-writes",
+        "1",
+        "--yes",
+    )
+
+    assert result.code == 6
+    assert "--max-writes 1" in result.stderr
+
+
+def test_restore_corrupted_keys_from_diff(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    entries = auth_entries()
+    namespace_id = create_namespace(emulator, "auth-state", entries)
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "auth-state", "--repo", repo], env).code == 0
+    damaged = [entries[0].key, "jwks.json", "user/李小龍"]
+    put(emulator, namespace_id, [SeedEntry(key, b"garbage") for key in damaged])
+    keys_file = tmp_path / "bad-keys.txt"
+
+    diff = run_cli(
+        ["diff", "latest@auth-state", "live:auth-state", "--keys-only", "--repo", repo],
+        env,
+    )
+    keys_file.write_text(diff.stdout)
+    emulator.reset_stats()
+    result = restore(
+        emulator,
+        repo,
+        "latest@auth-state",
+        "--keys-from",
+        str(keys_file),
+        "--conflict",
+        "overwrite",
+        "--yes",
+        "--json",
+    )
+
+    assert diff.code == 5, diff.stderr
+    assert sorted(diff.stdout.split("\n")[:-1]) == sorted(damaged)
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 3
+    assert summary["verified"] == 3
+    assert summary["write_requests"] == 1
+    originals = {e.key: e.value for e in entries}
+    for key in damaged:
+        assert value_of(emulator, namespace_id, key) == originals[key]
+
+
+def test_restore_into_new_account_with_create(tmp_path: Path, repo: str) -> None:
+    with EmulatorServer(
+        tmp_path / "kv", accounts=[DEFAULT_ACCOUNT_ID, SECOND_ACCOUNT]
+    ) as server:
+        entries = auth_entries()
+        old_id = create_namespace(server, "auth-state", entries)
+        env = cloudflare_env(server)
+        assert run_cli(["backup", "auth-state", "--repo", repo], env).code == 0
+        map_file = tmp_path / "map.json"
+
+        result = run_cli(
+            [
+                "restore",
+                "latest@auth-state",
+                "--repo",
+                repo,
+                "--account",
+                SECOND_ACCOUNT,
+                "--create",
+                "--map-out",
+                str(map_file),
+                "--yes",
+            ],
+            env,
+        )
+        new_id = json.loads(map_file.read_text())[old_id]
+        check = run_cli(
+            ["diff", "latest@auth-state", f"live:{new_id}", "--repo", repo],
+            env | {"CLOUDFLARE_ACCOUNT_ID": SECOND_ACCOUNT},
+        )
+
+    assert result.code == 0, result.stderr
+    assert f"{old_id} -> {new_id}" in result.stdout
+    assert new_id != old_id
+    assert check.code == 0, check.stdout + check.stderr
+
+
+def test_restore_other_account_needs_flag_k16(tmp_path: Path, repo: str) -> None:
+    with EmulatorServer(
+        tmp_path / "kv", accounts=[DEFAULT_ACCOUNT_ID, SECOND_ACCOUNT]
+    ) as server:
+        create_namespace(server, "cfg", [SeedEntry("a", b"1")])
+        env = cloudflare_env(server)
+        assert run_cli(["backup", "cfg", "--repo", repo], env).code == 0
+        server.reset_stats()
+
+        result = run_cli(
+            ["restore", "latest@cfg", "--repo", repo, "--create", "--yes"],
+            env | {"CLOUDFLARE_ACCOUNT_ID": SECOND_ACCOUNT},
+        )
+        write_count = writes(server)
+
+    assert result.code == 10
+    assert f"--account {SECOND_ACCOUNT}" in result.stderr
+    assert write_count == 0
+
+
+def test_restore_missing_part_writes_nothing_k15(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    entries = [SeedEntry(f"k{i:04d}", b"x" * 300) for i in range(400)]
+    namespace_id = create_namespace(emulator, "parts", entries)
+    env = cloudflare_env(emulator)
+    assert (
+        run_cli(["backup", "parts", "--repo", repo, "--part-size", "16KiB"], env).code
+        == 0
+    )
+    [manifest] = snapshots(repo)
+    Path(repo, manifest.parts[1].path).unlink()
+    put(emulator, namespace_id, [SeedEntry("k0000", b"changed")])
+    emulator.reset_stats()
+
+    result = restore(emulator, repo, "latest@parts", "--conflict", "overwrite", "--yes")
+
+    assert result.code == 4
+    assert manifest.parts[1].path in result.stderr
+    assert writes(emulator) == 0
+
+
+def write_snapshot(repo_url: str, namespace_id: str, records: list[Record]) -> None:
+    async def write() -> None:
+        repo = await Repository.open_or_init(repo_url)
+        writer = repo.start_snapshot(
+            namespace_id=namespace_id, read_started=datetime.now(UTC)
+        )
+        builder = PartBuilder()
+        for record in records:
+            builder.add(record)
+        await writer.write_part(builder)
+        await writer.commit(
+            account_id=DEFAULT_ACCOUNT_ID,
+            namespace_title="expiring",
+            read_finished=datetime.now(UTC),
+            keys=len(records),
+            value_bytes=sum(len(r.value_bytes()) for r in records),
+        )
+
+    asyncio.run(write())
+
+
+@pytest.mark.parametrize("extend", [False, True])
+def test_restore_expirations_k03(
+    emulator: EmulatorServer, repo: str, extend: bool
+) -> None:
+    now = int(time.time())
+    namespace_id = create_namespace(emulator, "expiring")
+    records = [
+        Record("a/expired", "old", expiration=now - 3600),
+        Record("b/expiring", "soon", expiration=now + 30),
+        Record("c/normal", "keep"),
+    ]
+    write_snapshot(repo, namespace_id, records)
+    flags = ["--extend-expiring"] if extend else []
+
+    result = restore(emulator, repo, "latest@expiring", "--yes", "--json", *flags)
+
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["plan"]["expired"] == 1
+    assert summary["plan"]["expiring"] == 1
+    assert value_of(emulator, namespace_id, "a/expired") is None
+    assert value_of(emulator, namespace_id, "c/normal") == b"keep"
+    expiring = value_of(emulator, namespace_id, "b/expiring")
+    assert expiring == (b"soon" if extend else None)
+    assert summary["written"] == (2 if extend else 1)
+
+
+def test_restore_write_requests_for_12000_keys(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    entries = [SeedEntry(f"k{i:05d}", f"v{i}".encode()) for i in range(12_000)]
+    create_namespace(emulator, "many", entries)
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "many", "--repo", repo], env).code == 0
+
+    result = restore(
+        emulator, repo, "latest@many", "--to", "fresh", "--create", "--yes", "--json"
+    )
+
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 12_000
+    assert summary["write_requests"] == 3  # create namespace + 2 bulk writes
+    assert summary["verified"] == 12_000
