@@ -12,9 +12,10 @@ import cloudflare
 import pytest
 
 from kvsnap.emulator import DEFAULT_ACCOUNT_ID, EmulatorServer
-from kvsnap.format import PartBuilder, Record
+from kvsnap.emulator.faults import Fault
+from kvsnap.format import PartBuilder, Record, key_order
 from kvsnap.repository import Repository
-from kvsnap.seed import SeedEntry, auth_entries, write_entries
+from kvsnap.seed import SeedEntry, auth_entries, demo_namespaces, write_entries
 from tests.kvtools import (
     cloudflare_env,
     create_namespace,
@@ -336,7 +337,7 @@ def write_snapshot(repo_url: str, namespace_id: str, records: list[Record]) -> N
             namespace_id=namespace_id, read_started=datetime.now(UTC)
         )
         builder = PartBuilder()
-        for record in records:
+        for record in sorted(records, key=lambda r: key_order(r.key)):
             builder.add(record)
         await writer.write_part(builder)
         await writer.commit(
@@ -394,3 +395,116 @@ def test_restore_write_requests_for_12000_keys(
     assert summary["written"] == 12_000
     assert summary["write_requests"] == 3  # create namespace + 2 bulk writes
     assert summary["verified"] == 12_000
+
+
+def test_restore_oversize_value_refused_k10(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    namespace_id = create_namespace(emulator, "sizes")
+    limit = 26_214_400
+    records = [
+        Record.from_bytes("exact", b"a" * limit),
+        Record.from_bytes("under", b"b" * 25_000_001),
+        Record.from_bytes("over", b"c" * (limit + 1)),
+    ]
+    write_snapshot(repo, namespace_id, records)
+    emulator.reset_stats()
+
+    result = restore(emulator, repo, "latest@expiring", "--yes")
+
+    assert result.code == 6
+    assert "'over'" in result.stderr
+    assert writes(emulator) == 0
+
+
+def test_restore_binary_and_metadata_k02_k07(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    namespace_id = create_namespace(emulator, "expiring")
+    records = [
+        Record("img/header", "iVBORw0KGgoAgP/+", base64=True),
+        Record("cfg/app", '{"hello":"world"}', metadata={"v": 2}),
+        Record("cfg/plain", "no metadata"),
+    ]
+    write_snapshot(repo, namespace_id, records)
+
+    result = restore(emulator, repo, "latest@expiring", "--yes")
+
+    assert result.code == 0, result.stderr
+    header = value_of(emulator, namespace_id, "img/header")
+    assert header == bytes.fromhex("89504e470d0a1a0a0080fffe")
+    assert value_of(emulator, namespace_id, "cfg/app") == b'{"hello":"world"}'
+    client = sdk(emulator)
+    metadata = client.kv.namespaces.metadata.get(
+        "cfg/app", account_id=emulator.account_id, namespace_id=namespace_id
+    )
+    absent = client.kv.namespaces.metadata.get(
+        "cfg/plain", account_id=emulator.account_id, namespace_id=namespace_id
+    )
+    assert metadata == {"v": 2}
+    assert absent is None
+
+
+def test_restore_waits_for_stale_reads_k12(tmp_path: Path, repo: str) -> None:
+    with EmulatorServer(tmp_path / "kv", stale_reads_seconds=3.0) as server:
+        namespace_id = create_namespace(server, "cfg", [SeedEntry("cfg/x", b"new")])
+        env = cloudflare_env(server)
+        time.sleep(3.1)  # each write is invisible to reads for 3 s
+        assert run_cli(["backup", "cfg", "--repo", repo], env).code == 0
+        put(server, namespace_id, [SeedEntry("cfg/x", b"old")])
+        time.sleep(3.1)
+        server.reset_stats()
+
+        command = ["restore", "latest@cfg", "--repo", repo, "--conflict", "overwrite"]
+        result = run_cli([*command, "--yes", "--json", "--readback-window", "20"], env)
+        requests = server.stats()["requests"]
+
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["verified"] == 1
+    assert summary["mismatched"] == []
+    assert summary["seconds"]["read_back"] >= 1.0
+    assert requests["PUT bulk"] == 1
+
+
+def test_restore_under_faults(emulator: EmulatorServer, repo: str) -> None:
+    entries = [SeedEntry(f"k{i:04d}", f"v{i}".encode()) for i in range(500)]
+    namespace_id = create_namespace(emulator, "faulty", entries)
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "faulty", "--repo", repo], env).code == 0
+    put(emulator, namespace_id, [SeedEntry(e.key, b"bad") for e in entries[:300]])
+    emulator.inject("PUT bulk", [Fault(status=429, retry_after=1), Fault(status=503)])
+    emulator.inject("POST bulk/get", [None, Fault(status=500), Fault(drop=True)])
+
+    result = restore(
+        emulator, repo, "latest@faulty", "--conflict", "overwrite", "--yes"
+    )
+
+    assert result.code == 0, result.stderr
+    assert "retry" in result.stderr
+    for entry in entries[:300:37]:
+        assert value_of(emulator, namespace_id, entry.key) == entry.value
+
+
+def test_restore_demo_namespaces_into_new_account(tmp_path: Path, repo: str) -> None:
+    accounts = [DEFAULT_ACCOUNT_ID, SECOND_ACCOUNT]
+    with EmulatorServer(tmp_path / "kv", accounts=accounts) as server:
+        old_ids = {
+            title: create_namespace(server, title, entries)
+            for title, entries in demo_namespaces().items()
+        }
+        env = cloudflare_env(server)
+        assert run_cli(["backup", "--all", "--repo", repo], env).code == 0
+        second = env | {"CLOUDFLARE_ACCOUNT_ID": SECOND_ACCOUNT}
+        for title in old_ids:
+            command = ["restore", f"latest@{title}", "--repo", repo]
+            result = run_cli(
+                [*command, "--account", SECOND_ACCOUNT, "--create", "--yes", "--json"],
+                env,
+            )
+            assert result.code == 0, result.stderr
+            new_id = json.loads(result.stdout)["namespace_map"][old_ids[title]]
+            check = run_cli(
+                ["diff", f"latest@{title}", f"live:{new_id}", "--repo", repo], second
+            )
+            assert check.code == 0, check.stdout + check.stderr

@@ -52,6 +52,7 @@ from kvsnap.errors import (
     VerifyError,
 )
 from kvsnap.format import Manifest, PartBuilder, Record, decode_record, encode_record
+from kvsnap.progress import Reporter
 from kvsnap.readback import Mismatch, read_back
 from kvsnap.repository import PRE_RESTORE_TAG, Repository, parse_timestamp
 from kvsnap.verify import verify_snapshot
@@ -418,8 +419,10 @@ async def apply_plan(
     plan: Plan,
     *,
     readback_window: float = limits.READBACK_WINDOW_SECONDS,
+    reporter: Reporter | None = None,
 ) -> RestoreResult:
     """Create the target if planned, save the prior state, write, delete, read back."""
+    reporter = reporter or Reporter()
     result = RestoreResult(plan, dry_run=False)
     requests_before = client.write_requests
 
@@ -437,6 +440,7 @@ async def apply_plan(
     started = time.monotonic()
     written = plan.folder / "written.jsonl"
     counts = BatchCounts()
+    reporter.start(f"writing {plan.target.title}", total=plan.counts.writes)
     with written.open("wb") as out:
         batches = iter_batches(
             _read_spool(plan.writes_path),
@@ -447,6 +451,7 @@ async def apply_plan(
         for batch in batches:
             await client.bulk_write(namespace_id, batch.records)
             result.written += len(batch)
+            reporter.advance(len(batch))
             log.info(
                 "wrote %d keys (%d bytes) to namespace %s",
                 len(batch),
@@ -455,6 +460,7 @@ async def apply_plan(
             )
             for record in batch.records:
                 out.write(encode_record(record))
+    reporter.finish()
     deletes = (record.key for record in _read_spool(plan.deletes_path))
     for chunk in iter_key_chunks(deletes):
         await client.bulk_delete(namespace_id, chunk)

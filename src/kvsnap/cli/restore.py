@@ -23,6 +23,7 @@ from kvsnap.config import ENV_TOKEN, Settings, load_settings
 from kvsnap.errors import EXIT_MISMATCH, ConfigError, PlanRefused
 from kvsnap.format import Manifest
 from kvsnap.logs import register_secret
+from kvsnap.progress import Reporter, RichReporter
 from kvsnap.repository import Repository
 from kvsnap.restore import (
     Conflict,
@@ -247,9 +248,17 @@ async def _restore(settings: Settings, options: RestoreOptions) -> RestoreResult
                 result = RestoreResult(plan, dry_run=options.dry_run, refused=refused)
             else:
                 _confirm(plan, options)
-                result = await apply_plan(
-                    client, repo, plan, readback_window=options.readback_window
-                )
+                reporter = RichReporter(stderr) if sys.stderr.isatty() else Reporter()
+                try:
+                    result = await apply_plan(
+                        client,
+                        repo,
+                        plan,
+                        readback_window=options.readback_window,
+                        reporter=reporter,
+                    )
+                finally:
+                    reporter.close()
     result.phases = {"validate": validated, "plan": plan.seconds, **result.phases}
     return result
 
