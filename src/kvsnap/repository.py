@@ -422,7 +422,7 @@ class Repository:
         if len(namespace_ids) > 1:
             selector = LATEST if namespace is None else f"{LATEST}@{namespace}"
             every = manifests if namespace is None else await self.snapshots()
-            choices = ", ".join(_latest_selectors(every, namespace_ids))
+            choices = capped_list(_latest_selectors(every, namespace_ids))
             raise SnapshotNotFound(
                 f"{selector} is ambiguous: {self.url} contains snapshots of"
                 f" {len(namespace_ids)} namespaces:"
@@ -608,10 +608,18 @@ def _describe_namespaces(manifests: Iterable[Manifest]) -> str:
     titles: dict[str, str] = {}
     for manifest in manifests:
         titles[manifest.namespace_id] = manifest.namespace_title
-    return ", ".join(
+    return capped_list(
         f"{title} ({namespace_id})" if title else namespace_id
         for namespace_id, title in sorted(titles.items())
     )
+
+
+def capped_list(items: Iterable[str], limit: int = 10) -> str:
+    """Join items with commas, naming at most `limit` and counting the rest."""
+    listed = list(items)
+    shown = ", ".join(listed[:limit])
+    more = len(listed) - limit
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 class SnapshotWriter:

@@ -99,3 +99,31 @@ def test_parse_rate_limit_rejects_bad_values(text: str) -> None:
     with pytest.raises(ConfigError, match="REQUESTS/SECONDS") as caught:
         parse_rate_limit(text)
     assert repr(text) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "named"),
+    [("--port", "70000", "--port 70000"), ("--account", "xyz", "--account 'xyz'")],
+)
+def test_cli_invalid_flag_exit_10(
+    tmp_path: Path, flag: str, value: str, named: str
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvsnap",
+            "emulator",
+            "--data",
+            str(tmp_path),
+            flag,
+            value,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 10
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr

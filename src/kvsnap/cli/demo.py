@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -70,8 +71,18 @@ def _print(result: DemoResult) -> None:
     out.print("\n[bold]Where everything is[/]")
     out.print(f"  repository     {repo}", highlight=False)
     out.print(f"  emulator data  {result.emulator_data}", highlight=False)
+    kvsnap = _command_name()
     out.print("\n[bold]Try next[/]")
-    out.print(f"  kvsnap snapshots --repo {repo}", highlight=False)
-    out.print(f"  kvsnap verify --read-data --repo {repo}", highlight=False)
-    out.print(f"  kvsnap export latest@auth-state --repo {repo}", highlight=False)
-    out.print(f"  kvsnap emulator --data {result.emulator_data}", highlight=False)
+    out.print(f"  {kvsnap} snapshots --repo {repo}", highlight=False)
+    out.print(f"  {kvsnap} verify --read-data --repo {repo}", highlight=False)
+    out.print(f"  {kvsnap} export latest@auth-state --repo {repo}", highlight=False)
+    out.print(f"  {kvsnap} emulator --data {result.emulator_data}", highlight=False)
+
+
+def _command_name() -> str:
+    """Return how to run kvsnap: its name if on PATH, else its full path."""
+    script = Path(sys.executable).parent / "kvsnap"
+    on_path = shutil.which("kvsnap")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "kvsnap"
+    return str(script) if script.exists() else "kvsnap"

@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from kvsnap.cli.app import app
+from kvsnap.config import ACCOUNT_ID
 from kvsnap.emulator import DEFAULT_HOST, DEFAULT_TOKEN, EmulatorServer
 from kvsnap.errors import ConfigError
 from kvsnap.logs import register_secret
@@ -63,6 +64,9 @@ def parse_rate_limit(text: str | None) -> tuple[int, float] | None:
     return int(found.group(1)), float(found.group(2))
 
 
+MAX_PORT = 65535
+
+
 @app.command()
 def emulator(
     host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
@@ -104,6 +108,14 @@ def emulator(
             f"--bulk-get-binary {bulk_get_binary!r} is not valid: "
             "expected replace or reject"
         )
+    if not 0 <= port <= MAX_PORT:
+        raise ConfigError(f"--port {port} is not valid: expected 0 to {MAX_PORT}")
+    for value in account:
+        if not ACCOUNT_ID.fullmatch(value):
+            raise ConfigError(
+                f"--account {value!r} is not valid: expected 32 hexadecimal "
+                "characters, as Cloudflare account ids are"
+            )
     for value in token:
         register_secret(value)
     server = EmulatorServer(
