@@ -508,3 +508,47 @@ def test_restore_demo_namespaces_into_new_account(tmp_path: Path, repo: str) -> 
                 ["diff", f"latest@{title}", f"live:{new_id}", "--repo", repo], second
             )
             assert check.code == 0, check.stdout + check.stderr
+
+
+def test_restore_prefix_lists_only_prefix(emulator: EmulatorServer, repo: str) -> None:
+    entries = [SeedEntry(f"a/{i:04d}", b"a") for i in range(1500)]
+    entries += [SeedEntry(f"z/{i:04d}", b"z") for i in range(5)]
+    namespace_id = create_namespace(emulator, "wide", entries)
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "wide", "--repo", repo], env).code == 0
+    put(emulator, namespace_id, [SeedEntry("z/0001", b"broken")])
+    emulator.reset_stats()
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@wide",
+        "--prefix",
+        "z/",
+        "--conflict",
+        "overwrite",
+        "--yes",
+    )
+    requests = emulator.stats()["requests"]
+
+    assert result.code == 0, result.stderr
+    assert value_of(emulator, namespace_id, "z/0001") == b"z"
+    assert requests["GET keys"] == 1  # one page: only keys under z/ are listed
+    assert requests["POST bulk/get"] == 2  # the plan's read and the read-back
+
+
+def test_restore_token_env(emulator: EmulatorServer, repo: str) -> None:
+    create_namespace(emulator, "tok", [SeedEntry("a", b"1")])
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "tok", "--repo", repo], env).code == 0
+    flags = ["restore", "latest@tok", "--repo", repo, "--token-env", "TARGET_TOKEN"]
+
+    unset = run_cli([*flags, "--dry-run"], env)
+    wrong = run_cli([*flags, "--dry-run"], env | {"TARGET_TOKEN": "not-the-token"})
+    right = run_cli([*flags, "--dry-run"], env | {"TARGET_TOKEN": emulator.token})
+
+    assert unset.code == 10
+    assert "TARGET_TOKEN" in unset.stderr
+    assert wrong.code == 11
+    assert "not-the-token" not in wrong.stderr
+    assert right.code == 0, right.stderr

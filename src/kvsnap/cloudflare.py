@@ -458,7 +458,7 @@ class KvClient:
             raise ApiError(f"cannot read key {key!r} through the API: {exc}") from exc
 
     async def read_records(
-        self, namespace_id: str, stats: ReadStats
+        self, namespace_id: str, stats: ReadStats, *, prefix: str | None = None
     ) -> AsyncIterator[Record]:
         """Yield the namespace's records in key byte order, values byte-exact.
 
@@ -475,7 +475,7 @@ class KvClient:
 
         async def produce() -> None:
             previous: bytes | None = None
-            async for page in self.iter_key_pages(namespace_id):
+            async for page in self.iter_key_pages(namespace_id, prefix=prefix):
                 stats.pages += 1
                 for info in page:
                     order = key_order(info.name)

@@ -312,10 +312,7 @@ async def open_side(
         if client is None:
             raise ValueError("a live side needs a KvClient")
         [namespace] = await client.resolve_namespaces([side.live_namespace])
-        # TODO: read only the keys under `prefix` once KvClient.read_records
-        # takes a prefix (the list API supports one). Until then a live side
-        # with --prefix still lists and reads the keys that sort before it.
-        records = client.read_records(namespace.id, ReadStats())
+        records = client.read_records(namespace.id, ReadStats(), prefix=prefix)
         return OpenedSide(f"live namespace {namespace.title} ({namespace.id})", records)
     if repository is None:
         raise ValueError("a snapshot side needs a Repository")

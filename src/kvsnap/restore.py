@@ -97,6 +97,16 @@ class Selection:
     def everything(self) -> bool:
         return not (self.keys or self.prefixes or self.globs)
 
+    @property
+    def list_prefix(self) -> str | None:
+        """Return the one prefix that bounds every selected key, if there is one.
+
+        The live namespace is then listed from that prefix only.
+        """
+        if len(self.prefixes) == 1 and not (self.keys or self.globs):
+            return self.prefixes[0]
+        return None
+
     def matches(self, key: str) -> bool:
         if self.everything or key in self.keys:
             return True
@@ -315,7 +325,12 @@ async def make_plan(
     plan = Plan(manifest, target, conflict, exact, near_expiry, folder=folder)
     snapshot = _selected(repo.iter_records(manifest), selection)
     live = (
-        _selected(client.read_records(target.namespace_id, ReadStats()), selection)
+        _selected(
+            client.read_records(
+                target.namespace_id, ReadStats(), prefix=selection.list_prefix
+            ),
+            selection,
+        )
         if target.namespace_id
         else _nothing()
     )
