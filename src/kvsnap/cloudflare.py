@@ -445,15 +445,29 @@ class KvClient:
             )
             return await response.read(), response.headers.get("expiration")
 
+        return await self._read_key("read value", namespace_id, key, request)
+
+    async def _read_key(
+        self,
+        operation: str,
+        namespace_id: str,
+        key: str,
+        request: Callable[[], Awaitable[T]],
+    ) -> T | None:
+        """Run a one-key read; None when the key is absent.
+
+        Raises NamespaceNotFound when the namespace is gone, and ApiError for
+        other rejections and for keys the SDK cannot put in a URL.
+        """
         try:
-            return await self._call("read value", request)
+            return await self._call(operation, request)
         except _NotFound as exc:
             if exc.namespace_missing:
                 message = f"namespace {namespace_id} not found: {exc}"
                 raise NamespaceNotFound(message) from exc
             return None
         except _Rejected as exc:
-            raise ApiError(f"read value of key {key!r} failed: {exc}") from exc
+            raise ApiError(f"{operation} of key {key!r} failed: {exc}") from exc
         except ValueError as exc:  # the SDK refuses empty, "." and ".." keys
             raise ApiError(f"cannot read key {key!r} through the API: {exc}") from exc
 
@@ -754,24 +768,15 @@ class KvClient:
 
     async def get_metadata(self, namespace_id: str, key: str) -> Any:
         """Return the metadata of one key, or None when it has none or is absent."""
-        try:
-            body = await self._read_json(
-                "read metadata",
-                lambda: self._sdk.kv.namespaces.metadata.with_raw_response.get(
-                    key, account_id=self.account_id, namespace_id=namespace_id
-                ),
-                _MetadataEnvelope,
+
+        async def request() -> _MetadataEnvelope:
+            response = await self._sdk.kv.namespaces.metadata.with_raw_response.get(
+                key, account_id=self.account_id, namespace_id=namespace_id
             )
-        except _NotFound as exc:
-            if exc.namespace_missing:
-                message = f"namespace {namespace_id} not found: {exc}"
-                raise NamespaceNotFound(message) from exc
-            return None
-        except _Rejected as exc:
-            raise ApiError(f"read metadata of key {key!r} failed: {exc}") from exc
-        except ValueError as exc:  # the SDK refuses empty, "." and ".." keys
-            raise ApiError(f"cannot read key {key!r} through the API: {exc}") from exc
-        return body.result
+            return msgspec.json.decode(await response.read(), type=_MetadataEnvelope)
+
+        body = await self._read_key("read metadata", namespace_id, key, request)
+        return body.result if body is not None else None
 
 
 async def _next_pending(

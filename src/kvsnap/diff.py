@@ -26,7 +26,7 @@ import msgspec
 
 from kvsnap.cloudflare import KvClient, ReadStats
 from kvsnap.errors import ConfigError
-from kvsnap.format import Manifest, Record, key_order
+from kvsnap.format import Manifest, Record, json_equal, key_order
 from kvsnap.repository import Repository
 
 LIVE_PREFIX = "live:"
@@ -102,20 +102,6 @@ class DiffCounts:
 
 
 # Comparing records.
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Compare decoded JSON by value: object key order is ignored, and `true`
-    differs from `1`, which Python's ``==`` treats as equal."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(map(json_equal, a, b))
-    return type(a) is type(b) and a == b
 
 
 def changed_fields(a: Record, b: Record) -> list[str]:

@@ -119,6 +119,20 @@ class RepositoryConfig(msgspec.Struct, frozen=True, kw_only=True):
 _DECOMPRESS_CHUNK_BYTES = 1024 * 1024
 
 
+def json_equal(a: Any, b: Any) -> bool:
+    """Compare decoded JSON by value: object key order is ignored, and `true`
+    differs from `1`, which Python's ``==`` treats as equal."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(json_equal, a, b))
+    return type(a) is type(b) and a == b
+
+
 def key_order(key: str) -> bytes:
     """Return the sort key of a KV key: its UTF-8 bytes, as KV lists them."""
     return key.encode("utf-8")

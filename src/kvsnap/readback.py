@@ -25,7 +25,7 @@ from typing import Any
 
 from kvsnap import limits
 from kvsnap.cloudflare import REPLACEMENT_CHARACTER, KvClient, _BulkEntry, _Rejected
-from kvsnap.format import Record
+from kvsnap.format import Record, json_equal
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _compare(item: _Expected, seen: _Observed) -> tuple[str, ...]:
     fields = []
     if hashlib.sha256(seen.value).digest() != item.sha256:
         fields.append(VALUE)
-    if not _same_json(seen.metadata, item.metadata):
+    if not json_equal(seen.metadata, item.metadata):
         fields.append(METADATA)
     if not _same_expiration(item.expiration, seen.expiration):
         fields.append(EXPIRATION)
@@ -264,20 +264,3 @@ def _same_expiration(expected: float | None, seen: float | None) -> bool:
         return expected is None and seen is None
     # KV keeps whole seconds; a record may carry a fraction.
     return abs(expected - seen) < 1.0
-
-
-def _same_json(left: Any, right: Any) -> bool:
-    """Compare decoded JSON values: numbers by value, but true is not 1."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return type(left) is type(right) and left == right
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(
-            _same_json(left[key], right[key]) for key in left
-        )
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(
-            _same_json(a, b) for a, b in zip(left, right, strict=True)
-        )
-    if isinstance(left, dict | list) or isinstance(right, dict | list):
-        return False
-    return left == right
