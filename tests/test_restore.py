@@ -15,6 +15,7 @@ from kvsnap.emulator import DEFAULT_ACCOUNT_ID, EmulatorServer
 from kvsnap.emulator.faults import Fault
 from kvsnap.format import PartBuilder, Record, key_order
 from kvsnap.repository import Repository
+from kvsnap.restore import Selection
 from kvsnap.seed import SeedEntry, auth_entries, demo_namespaces, write_entries
 from tests.kvtools import (
     cloudflare_env,
@@ -552,3 +553,49 @@ def test_restore_token_env(emulator: EmulatorServer, repo: str) -> None:
     assert wrong.code == 11
     assert "not-the-token" not in wrong.stderr
     assert right.code == 0, right.stderr
+
+
+def test_selection_matches_keys_prefixes_globs(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text('from-file\n"with\\nnewline"\n')
+    selection = Selection.build(
+        keys=["exact"], prefixes=["user/"], globs=["cfg/*.json"], keys_files=[keys_file]
+    )
+
+    assert selection.matches("exact")
+    assert selection.matches("from-file")
+    assert selection.matches("with\nnewline")
+    assert selection.matches("user/42")
+    assert selection.matches("cfg/app.json")
+    assert not selection.matches("cfg/app.yaml")
+    assert not selection.matches("exactly")
+    assert selection.list_prefix is None
+    assert Selection.build(prefixes=["p/"]).list_prefix == "p/"
+    assert Selection().everything
+
+
+def test_restore_as_of_picks_older_snapshot(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    namespace_id = create_namespace(emulator, "hist", [SeedEntry("k", b"first")])
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "hist", "--repo", repo], env).code == 0
+    time.sleep(1.1)
+    middle = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    time.sleep(1.1)
+    put(emulator, namespace_id, [SeedEntry("k", b"second")])
+    assert run_cli(["backup", "hist", "--repo", repo], env).code == 0
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@hist",
+        "--as-of",
+        middle,
+        "--conflict",
+        "overwrite",
+        "--yes",
+    )
+
+    assert result.code == 0, result.stderr
+    assert value_of(emulator, namespace_id, "k") == b"first"

@@ -126,8 +126,8 @@ def restore(
     extend_expiring: bool = typer.Option(
         False,
         "--extend-expiring",
-        help="Write keys that expire within 60 s with an expiration 60 s ahead, "
-        "instead of skipping them.",
+        help="Write keys that expire within 90 s (KV's 60 s minimum plus a margin "
+        "for slow batches) with an expiration 90 s ahead, instead of skipping them.",
     ),
     max_writes: int = typer.Option(
         None, "--max-writes", help="Refuse plans that write more keys than this."
