@@ -64,7 +64,7 @@ EXAMPLE_KEYS = 10
 
 
 class Conflict(enum.Enum):
-    """What to do with a live key whose value differs from the snapshot."""
+    """Policy for a live key whose value differs from the snapshot."""
 
     ERROR = "error"  # refuse the whole plan, naming the flag to add
     SKIP_EXISTING = "skip-existing"  # leave live keys as they are
@@ -73,7 +73,7 @@ class Conflict(enum.Enum):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which snapshot keys a restore takes: all of them when nothing is set."""
+    """Set of snapshot keys a restore takes, all of them when nothing is set."""
 
     keys: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
@@ -146,7 +146,7 @@ class PlanCounts:
 
 @dataclass
 class Plan:
-    """What a restore will do, with its decisions spooled to `folder`."""
+    """Decisions of a restore, counted here and spooled to `folder`."""
 
     manifest: Manifest
     target: Target
@@ -363,6 +363,7 @@ def _decide(
             counts.delete += 1
             return "delete"
         return "live-only"
+
     reason = validate_record(record, now)
     if reason is not None:
         counts.invalid += 1
@@ -376,6 +377,7 @@ def _decide(
         counts.expiring += 1
         if plan.near_expiry is NearExpiry.SKIP:
             return "expiring"
+
     if current is None:
         counts.create += 1
         return "create"
