@@ -723,6 +723,7 @@ def test_cli_snapshots_json_and_table(tmp_path: Path) -> None:
         "(UTC)",
         "KEYS",
         "SIZE",
+        "TAGS",
     ]
     assert lines[1][:6] == [
         manifest.id,

@@ -17,7 +17,7 @@ import msgspec
 from kvsnap.diff import Change, RecordDigest, compare_records
 from kvsnap.errors import ConfigError, SnapshotNotFound
 from kvsnap.format import Manifest, PartInfo, Record, key_order
-from kvsnap.repository import Repository, decode_part
+from kvsnap.repository import PRE_RESTORE_TAG, Repository, decode_part
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,13 @@ async def namespace_snapshots(repo: Repository, namespace: str) -> list[Manifest
     """Return every snapshot of one namespace, given by id or title, oldest first.
 
     A title selects the namespace id that had it, so the snapshots taken under
-    an earlier title are included. Raises SnapshotNotFound when no snapshot
-    matches and ConfigError when the title belongs to several namespaces.
+    an earlier title are included; pre-restore snapshots are left out. Raises
+    SnapshotNotFound when no snapshot matches and ConfigError when the title
+    belongs to several namespaces.
     """
-    every = await repo.snapshots()
+    # A pre-restore snapshot holds only the keys a restore replaced, so a key
+    # missing from it says nothing about the namespace: leave those out.
+    every = [m for m in await repo.snapshots() if PRE_RESTORE_TAG not in m.tags]
     ids = {
         m.namespace_id
         for m in every

@@ -281,7 +281,10 @@ async def resolve_target(
             ) from None
         title = to if to and to != manifest.namespace_id else manifest.namespace_title
         if any(ns.title == title for ns in available):
-            raise ConfigError(f"a namespace titled {title!r} exists already") from None
+            raise ConfigError(
+                f"a namespace titled {title!r} exists already",
+                hint=f"restore into it with --to {title!r}, without --create",
+            ) from None
         return Target(client.account_id, None, title, create=True)
     return Target(client.account_id, found.id, found.title)
 

@@ -14,6 +14,7 @@ from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
     diff,
     emulator,
     export,
+    importer,
     output,
     repository,
     restore,

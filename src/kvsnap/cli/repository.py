@@ -83,6 +83,7 @@ def snapshot_table(manifests: list[Manifest]) -> Table:
     table.add_column("TIME (UTC)", no_wrap=True)
     table.add_column("KEYS", justify="right", no_wrap=True)
     table.add_column("SIZE", justify="right", no_wrap=True)
+    table.add_column("TAGS")
     for manifest in manifests:
         table.add_row(
             manifest.id,
@@ -91,6 +92,7 @@ def snapshot_table(manifests: list[Manifest]) -> Table:
             f"{parse_timestamp(manifest.read_started):%Y-%m-%d %H:%M:%S}",
             str(manifest.keys),
             format_size(manifest.stored_bytes),
+            ",".join(manifest.tags),
         )
     return table
 

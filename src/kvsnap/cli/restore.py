@@ -112,7 +112,9 @@ def restore(
         False, "--create", help="Create the target namespace when it does not exist."
     ),
     map_out: Path = typer.Option(
-        None, "--map-out", help="Write {old namespace id: new id} to this JSON file."
+        None,
+        "--map-out",
+        help="Add {old namespace id: new id} to this JSON file (created if absent).",
     ),
     conflict: Conflict = typer.Option(
         Conflict.ERROR,
@@ -185,9 +187,24 @@ def restore(
     if result.refused:
         raise result.refused
     if result.created_namespace and map_out:
-        old = result.plan.manifest.namespace_id
-        map_out.write_text(json.dumps({old: result.created_namespace}, indent=2) + "\n")
+        _add_to_map(
+            map_out, result.plan.manifest.namespace_id, result.created_namespace
+        )
     raise typer.Exit(0 if result.ok else EXIT_MISMATCH)
+
+
+def _add_to_map(path: Path, old: str, new: str) -> None:
+    """Add old -> new to the JSON map at `path`, keeping the pairs it holds."""
+    mapping: dict[str, str] = {}
+    if path.exists():
+        try:
+            mapping = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--map-out {path} is not a JSON object: {exc}") from exc
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"--map-out {path} is not a JSON object")
+    mapping[old] = new
+    path.write_text(json.dumps(mapping, indent=2) + "\n")
 
 
 def _target_client(
