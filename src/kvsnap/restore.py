@@ -489,6 +489,8 @@ async def apply_plan(
     result.write_requests = client.write_requests - requests_before
 
     started = time.monotonic()
+    # NOTE: the read-back checks the written keys; keys deleted by --exact
+    # are not read again to confirm that they are gone.
     checked = await read_back(
         client, namespace_id, _read_spool(written), window_seconds=readback_window
     )
