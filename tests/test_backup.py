@@ -395,3 +395,13 @@ def test_backup_interrupted_leaves_no_snapshot(tmp_path: Path, repo: str) -> Non
     assert stderr.splitlines()[-1] == "interrupted"
     assert snapshots(repo) == []
     assert list(Path(repo, "data").rglob("*.jsonl.zst")), "parts written so far remain"
+
+
+@pytest.mark.parametrize("tag", ["", "two\nlines"])
+def test_backup_invalid_tag_rejected(
+    emulator: EmulatorServer, repo: str, tag: str
+) -> None:
+    result = backup(emulator, repo, "--all", "--tag", tag)
+
+    assert result.code == 10
+    assert "--tag" in result.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from kvsnap.ratelimit import RateLimiter, RetryPolicy, parse_retry_after
 
@@ -76,3 +79,17 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after("") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after("-3") is None
+
+
+def test_limiter_logs_long_waits(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(1, 60.0, clock=clock, sleep=clock.sleep)
+
+    async def take_two() -> None:
+        await limiter.acquire()
+        await limiter.acquire()
+
+    with caplog.at_level(logging.INFO, logger="kvsnap.ratelimit"):
+        asyncio.run(take_two())
+
+    assert "waiting 60 s" in caplog.text

@@ -10,6 +10,7 @@ answered 429.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections import deque
@@ -21,6 +22,10 @@ from kvsnap import limits
 # Slots are released this long after the window would allow, because the
 # server starts its window when a request arrives, a little after we sent it.
 _WINDOW_MARGIN_SECONDS = 0.25
+# Waits at least this long are logged, so a long pause does not look like a hang.
+_LOGGED_WAIT_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -62,6 +67,11 @@ class RateLimiter:
                     self._starts.append(now)
                     return
                 self.waited_seconds += wait
+                if wait >= _LOGGED_WAIT_SECONDS:
+                    log.info(
+                        "request budget spent: waiting %.0f s before the next request",
+                        wait,
+                    )
                 await self._sleep(wait)
 
 

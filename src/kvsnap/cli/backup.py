@@ -16,6 +16,7 @@ from kvsnap.cli.output import print_json, stderr, stdout
 from kvsnap.cli.repository import format_size
 from kvsnap.cloudflare import KvClient
 from kvsnap.config import Settings, load_settings
+from kvsnap.errors import ConfigError
 from kvsnap.progress import Reporter, RichReporter
 from kvsnap.ratelimit import RetryPolicy
 from kvsnap.repository import Repository
@@ -88,6 +89,11 @@ def backup(
         max_attempts=max_attempts,
         part_bytes=part_size,
     )
+    for value in tag or []:
+        if not value or not value.isprintable():
+            raise ConfigError(
+                f"invalid --tag {value!r}: expected a non-empty printable text"
+            )
     result = asyncio.run(_backup(settings, tag or []))
     if as_json:
         print_json(
