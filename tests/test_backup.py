@@ -374,7 +374,10 @@ def test_backup_usage_error_exit_2(emulator: EmulatorServer, repo: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_backup_interrupted_leaves_no_snapshot(tmp_path: Path, repo: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_backup_interrupted_leaves_no_snapshot(
+    tmp_path: Path, repo: str, sig: signal.Signals
+) -> None:
     entries = [SeedEntry(f"k{i:05d}", b"v" * 100) for i in range(20_000)]
     with EmulatorServer(tmp_path / "kv", rate_limit=(20, 2.0)) as server:
         create_namespace(server, "big", entries)
@@ -387,7 +390,7 @@ def test_backup_interrupted_leaves_no_snapshot(tmp_path: Path, repo: str) -> Non
             text=True,
         )
         time.sleep(4)
-        child.send_signal(signal.SIGINT)
+        child.send_signal(sig)
         stdout, stderr = child.communicate(timeout=60)
 
     assert child.returncode == 130

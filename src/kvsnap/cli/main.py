@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import typer
@@ -71,9 +72,15 @@ _ClickException = next(
 )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """Stop on SIGTERM as on Ctrl-C, so an unfinished snapshot gets no manifest."""
+    raise KeyboardInterrupt
+
+
 def run() -> None:
     """Run the CLI and map every outcome to its exit code."""
     log = logging.getLogger("kvsnap")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)
     except typer.Exit as exc:
