@@ -339,3 +339,15 @@ def test_import_diff_with_backup_empty(
     )
     assert diff.code == 0, diff.stdout + diff.stderr
     assert diff.stdout == "identical: 4 keys\n"
+
+
+def test_import_short_namespace_id_rejected(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    path = write_json(tmp_path / "plain.json", {"a": "1"})
+
+    result = run_import(emulator, repo, path, "--namespace", "id:zz", "--title", "q")
+
+    assert result.code == 10
+    assert "invalid namespace id 'zz'" in result.stderr
+    assert not Path(repo).exists()

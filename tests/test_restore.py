@@ -599,3 +599,61 @@ def test_restore_as_of_picks_older_snapshot(
 
     assert result.code == 0, result.stderr
     assert value_of(emulator, namespace_id, "k") == b"first"
+
+
+def test_restore_latest_skips_pre_restore_only(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    namespace_id = k18_state(emulator, repo)
+    assert (
+        restore(emulator, repo, "latest@users", "--conflict", "overwrite", "--yes").code
+        == 0
+    )
+    [backup, saved] = sorted(snapshots(repo), key=lambda m: "pre-restore" in m.tags)
+
+    by_title = restore(emulator, repo, "latest@users", "--dry-run", "--json", "--exact")
+    by_id = restore(emulator, repo, f"latest@{namespace_id}", "--dry-run", "--json")
+
+    assert by_title.code == 0, by_title.stderr
+    assert json.loads(by_title.stdout)["snapshot"] == backup.id
+    assert json.loads(by_title.stdout)["plan"]["delete"] == 1
+    assert json.loads(by_id.stdout)["snapshot"] == backup.id
+    assert saved.id != backup.id
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "named"),
+    [
+        (["--account", "6f3e"], 10, "--account '6f3e'"),
+        (["--max-writes", "-1"], 2, "--max-writes"),
+        (["--readback-window", "-5"], 2, "--readback-window"),
+    ],
+)
+def test_restore_invalid_options(
+    emulator: EmulatorServer, repo: str, flags: list[str], code: int, named: str
+) -> None:
+    k18_state(emulator, repo)
+
+    result = restore(emulator, repo, "latest@users", "--dry-run", *flags)
+
+    assert result.code == code
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_restore_warns_about_unknown_keys(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@users",
+        "--key",
+        "user/2",
+        "--key",
+        "nosuch",
+        "--dry-run",
+    )
+
+    assert result.code == 0, result.stderr
+    assert "1 of the 2 keys named by --key" in result.stderr

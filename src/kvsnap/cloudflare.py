@@ -36,6 +36,7 @@ from kvsnap.batching import iter_key_chunks, record_item
 from kvsnap.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     NamespaceNotFound,
     RateLimitExhausted,
     WriteFailed,
@@ -276,13 +277,7 @@ class KvClient:
         per_page = 100
         found: list[Namespace] = []
         for page in range(1, 10_000):
-            body = await self._read_json(
-                "list namespaces",
-                lambda page=page: self._sdk.kv.namespaces.with_raw_response.list(
-                    account_id=self.account_id, page=page, per_page=per_page
-                ),
-                _NamespacesPage,
-            )
+            body = await self._list_namespaces_page(page, per_page)
             items = body.result or []
             found.extend(
                 Namespace(str(item["id"]), str(item["title"])) for item in items
@@ -290,6 +285,21 @@ class KvClient:
             if len(items) < per_page:
                 return found
         raise ApiError("list namespaces returned more than 10,000 pages")
+
+    async def _list_namespaces_page(self, page: int, per_page: int) -> _NamespacesPage:
+        try:
+            return await self._read_json(
+                "list namespaces",
+                lambda page=page: self._sdk.kv.namespaces.with_raw_response.list(
+                    account_id=self.account_id, page=page, per_page=per_page
+                ),
+                _NamespacesPage,
+            )
+        except (_NotFound, _Rejected) as exc:
+            raise ConfigError(
+                f"listing the namespaces of account {self.account_id} failed: {exc}",
+                hint="check that CLOUDFLARE_ACCOUNT_ID or --account names your account",
+            ) from exc
 
     async def resolve_namespaces(
         self, names: tuple[str, ...] | list[str], *, all_namespaces: bool = False

@@ -40,11 +40,10 @@ from kvsnap.batching import validate_record
 from kvsnap.cloudflare import KvClient, Namespace, resolve_namespace
 from kvsnap.errors import ConfigError
 from kvsnap.format import Manifest, PartBuilder, Record, key_order
-from kvsnap.repository import Repository, check_namespace_id
+from kvsnap.repository import IMPORTED_TAG, Repository, check_namespace_id
 
 log = logging.getLogger(__name__)
 
-IMPORTED_TAG = "imported"
 SOURCE_TAG_PREFIX = "source:"
 # Account id recorded when none is configured; `kvsnap restore` then needs
 # --account to say where the records go.
@@ -396,6 +395,11 @@ def namespace_id_of(name: str) -> str | None:
     kind, _, value = name.partition(":")
     if kind == "id" and value:
         check_namespace_id(value)
+        if len(value) != _CLOUDFLARE_ID_LENGTH or not set(value) <= _HEX_DIGITS:
+            raise ConfigError(
+                f"invalid namespace id {value!r}: expected 32 hexadecimal characters",
+                hint="copy the id from kvsnap snapshots or the Cloudflare dashboard",
+            )
         return value
     if len(name) == _CLOUDFLARE_ID_LENGTH and set(name) <= _HEX_DIGITS:
         return name

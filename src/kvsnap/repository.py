@@ -72,6 +72,8 @@ _MANIFEST_NAME_RE = re.compile(
 
 # Tag of the snapshots that a restore writes of the live keys it replaces.
 PRE_RESTORE_TAG = "pre-restore"
+# Tag of the snapshots that `kvsnap import` made from an export file.
+IMPORTED_TAG = "imported"
 
 
 def new_snapshot_id() -> str:
@@ -409,7 +411,18 @@ class Repository:
         return await self._resolve_prefix(selector, text.lower())
 
     async def _resolve_latest(self, namespace: str | None) -> Manifest:
-        manifests = await self.snapshots(namespace)
+        # "latest" means the latest backup. A restore saves the live keys it
+        # replaces as a pre-restore snapshot, which holds only those keys, so
+        # those never count; imports count only when nothing else exists.
+        every = await self.snapshots(namespace)
+        manifests = [m for m in every if PRE_RESTORE_TAG not in m.tags]
+        backups = [m for m in manifests if IMPORTED_TAG not in m.tags]
+        manifests = backups or manifests
+        if every and not manifests:
+            raise SnapshotNotFound(
+                f"only pre-restore snapshots match {namespace or 'latest'!r}",
+                hint="name a pre-restore snapshot by its id to restore from it",
+            )
         if not manifests:
             if namespace is None:
                 raise SnapshotNotFound(f"no snapshots in {self.url}")
@@ -429,10 +442,7 @@ class Repository:
                 f" {_describe_namespaces(manifests)}",
                 hint=f"use one of {choices}",
             )
-        # A restore saves the live keys it replaces as a snapshot tagged
-        # pre-restore; "latest" means the latest backup, so it skips those.
-        backups = [m for m in manifests if PRE_RESTORE_TAG not in m.tags]
-        return (backups or manifests)[-1]
+        return manifests[-1]
 
     async def _resolve_prefix(
         self, selector: str, prefix: str

@@ -158,6 +158,8 @@ class Plan:
     invalid: list[tuple[str, str]] = field(default_factory=list)
     folder: Path = Path()
     seconds: float = 0.0
+    named_keys: int = 0  # keys named by --key or --keys-from
+    found_keys: int = 0  # of those, the keys the snapshot has
 
     @property
     def writes_path(self) -> Path:
@@ -326,6 +328,7 @@ async def make_plan(
     started = time.monotonic()
     now = time.time() if now is None else now
     plan = Plan(manifest, target, conflict, exact, near_expiry, folder=folder)
+    plan.named_keys = len(selection.keys)
     snapshot = _selected(repo.iter_records(manifest), selection)
     live = (
         _selected(
@@ -343,6 +346,8 @@ async def make_plan(
         plan.prior_path.open("wb") as prior,
     ):
         async for record, current in merge_by_key(snapshot, live):
+            if record is not None and record.key in selection.keys:
+                plan.found_keys += 1
             action = _decide(plan, record, current, now)
             plan.note(action, (record or current).key)  # type: ignore[union-attr]
             if action in ("create", "overwrite"):
@@ -361,10 +366,10 @@ def _decide(
     """Return the action for one key and count it in the plan."""
     counts = plan.counts
     if record is None:
-        counts.live_only += 1
         if plan.exact:
             counts.delete += 1
             return "delete"
+        counts.live_only += 1
         return "live-only"
 
     reason = validate_record(record, now)
@@ -504,7 +509,7 @@ async def validate(repo: Repository, manifest: Manifest) -> None:
     """Raise VerifyError unless every part is present with its recorded size."""
     checked = await verify_snapshot(repo, manifest, read_data=False)
     if not checked.ok:
-        problems = "; ".join(str(p) for p in checked.problems)
+        problems = "; ".join(f"{p.path}: {p.message}" for p in checked.problems)
         raise VerifyError(
             f"snapshot {manifest.id} failed validation, nothing was written: {problems}"
         )

@@ -19,7 +19,7 @@ from kvsnap.cli.backup import open_client
 from kvsnap.cli.options import ConfigOption, JsonOption, RepoOption
 from kvsnap.cli.output import print_json, stderr, stdout
 from kvsnap.cloudflare import KvClient
-from kvsnap.config import ENV_TOKEN, Settings, load_settings
+from kvsnap.config import ACCOUNT_ID, ENV_TOKEN, Settings, load_settings
 from kvsnap.errors import EXIT_MISMATCH, ConfigError, PlanRefused
 from kvsnap.format import Manifest
 from kvsnap.logs import register_secret
@@ -132,10 +132,13 @@ def restore(
         "for slow batches) with an expiration 90 s ahead, instead of skipping them.",
     ),
     max_writes: int = typer.Option(
-        None, "--max-writes", help="Refuse plans that write more keys than this."
+        None, "--max-writes", min=0, help="Refuse plans that write more keys than this."
     ),
     max_deletes: int = typer.Option(
-        None, "--max-deletes", help="Refuse plans that delete more keys than this."
+        None,
+        "--max-deletes",
+        min=0,
+        help="Refuse plans that delete more keys than this.",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show the plan and stop, writing nothing."
@@ -146,6 +149,7 @@ def restore(
     readback_window: float = typer.Option(
         90.0,
         "--readback-window",
+        min=0.0,
         help="Seconds to keep re-reading keys that differ after the write, because "
         "KV is eventually consistent.",
     ),
@@ -186,10 +190,11 @@ def restore(
         _print_result(result)
     if result.refused:
         raise result.refused
-    if result.created_namespace and map_out:
-        _add_to_map(
-            map_out, result.plan.manifest.namespace_id, result.created_namespace
-        )
+    target_id = result.created_namespace or result.plan.target.namespace_id
+    if map_out and target_id and not result.dry_run:
+        # Also when a resumed run writes into the namespace that the first
+        # run created, so an interrupted migration keeps its map entry.
+        _add_to_map(map_out, result.plan.manifest.namespace_id, target_id)
     raise typer.Exit(0 if result.ok else EXIT_MISMATCH)
 
 
@@ -212,6 +217,11 @@ def _target_client(
 ) -> KvClient:
     """Open the client for the target account, refusing an implicit switch."""
     account = options.target_account or settings.account_id
+    if options.target_account and not ACCOUNT_ID.fullmatch(options.target_account):
+        raise ConfigError(
+            f"invalid --account {options.target_account!r}: expected 32 "
+            "hexadecimal characters"
+        )
     if options.target_account is None and account and account != manifest.account_id:
         raise ConfigError(
             f"snapshot {manifest.id} is from account {manifest.account_id}, but "
@@ -221,7 +231,9 @@ def _target_client(
     token = os.environ.get(options.token_env) or None
     register_secret(token)
     if options.token_env != ENV_TOKEN and not token:
-        raise ConfigError(f"--token-env {options.token_env}: the variable is not set")
+        raise ConfigError(
+            f"--token-env {options.token_env}: the variable is not set or empty"
+        )
     chosen = dataclasses.replace(settings, api_token=token, account_id=account)
     return open_client(chosen)
 
@@ -292,7 +304,7 @@ def _confirm(plan: Plan, options: RestoreOptions) -> None:
     where = plan.target.namespace_id or f"new namespace {plan.target.title!r}"
     question = f"Write {counts.writes} and delete {counts.delete} keys in {where}?"
     if not typer.confirm(question, default=False, err=True):
-        raise typer.Abort()
+        raise PlanRefused("cancelled at the prompt; nothing was written")
 
 
 def _print_plan(plan: Plan) -> None:
@@ -304,6 +316,19 @@ def _print_plan(plan: Plan) -> None:
         markup=False,
         highlight=False,
     )
+    missing = plan.named_keys - plan.found_keys
+    if missing > 0:
+        stderr.print(
+            f"warning: {missing} of the {plan.named_keys} keys named by --key or "
+            "--keys-from are not in the snapshot",
+            markup=False,
+        )
+    if plan.counts.expiring and plan.near_expiry is NearExpiry.SKIP:
+        stderr.print(
+            f"warning: {plan.counts.expiring} keys expire too soon to write and stay "
+            "as they are live; --extend-expiring writes them",
+            markup=False,
+        )
     for action in ACTIONS:
         count = getattr(plan.counts, action.replace("-", "_"))
         if not count:
