@@ -657,3 +657,21 @@ def test_restore_warns_about_unknown_keys(emulator: EmulatorServer, repo: str) -
 
     assert result.code == 0, result.stderr
     assert "1 of the 2 keys named by --key" in result.stderr
+
+
+def test_restore_honours_rate_limit_option(emulator: EmulatorServer, repo: str) -> None:
+    k18_state(emulator, repo)
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@users",
+        "--conflict",
+        "overwrite",
+        "--yes",
+        "--rate-limit",
+        "0/5",
+    )
+
+    assert result.code == 10
+    assert "'0/5'" in result.stderr

@@ -11,7 +11,15 @@ import typer
 
 from kvsnap.backup import BackupResult, run_backup
 from kvsnap.cli.app import app
-from kvsnap.cli.options import AccountOption, ConfigOption, JsonOption, RepoOption
+from kvsnap.cli.options import (
+    AccountOption,
+    ConcurrencyOption,
+    ConfigOption,
+    JsonOption,
+    MaxAttemptsOption,
+    RateLimitOption,
+    RepoOption,
+)
 from kvsnap.cli.output import print_json, stderr, stdout
 from kvsnap.cli.repository import format_size
 from kvsnap.cloudflare import KvClient
@@ -46,24 +54,9 @@ def backup(
     repo: str = RepoOption,
     account: str = AccountOption,
     config: Path = ConfigOption,
-    concurrency: int = typer.Option(
-        None,
-        "--concurrency",
-        help="Requests in flight at once [default: 8].",
-        show_default=False,
-    ),
-    rate_limit: str = typer.Option(
-        None,
-        "--rate-limit",
-        help="API budget as REQUESTS/SECONDS [default: 1200/300, Cloudflare's limit].",
-        show_default=False,
-    ),
-    max_attempts: int = typer.Option(
-        None,
-        "--max-attempts",
-        help="Tries per request before the run fails [default: 8].",
-        show_default=False,
-    ),
+    concurrency: int = ConcurrencyOption,
+    rate_limit: str = RateLimitOption,
+    max_attempts: int = MaxAttemptsOption,
     part_size: str = typer.Option(
         None,
         "--part-size",

@@ -29,3 +29,21 @@ AccountOption = typer.Option(
     show_default=False,
 )
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+ConcurrencyOption = typer.Option(
+    None,
+    "--concurrency",
+    help="Requests in flight at once [default: 8].",
+    show_default=False,
+)
+RateLimitOption = typer.Option(
+    None,
+    "--rate-limit",
+    help="API budget as REQUESTS/SECONDS [default: 1200/300, Cloudflare's limit].",
+    show_default=False,
+)
+MaxAttemptsOption = typer.Option(
+    None,
+    "--max-attempts",
+    help="Tries per request before the run fails [default: 8].",
+    show_default=False,
+)

@@ -16,7 +16,14 @@ import typer
 from kvsnap.batching import NearExpiry
 from kvsnap.cli.app import app
 from kvsnap.cli.backup import open_client
-from kvsnap.cli.options import ConfigOption, JsonOption, RepoOption
+from kvsnap.cli.options import (
+    ConcurrencyOption,
+    ConfigOption,
+    JsonOption,
+    MaxAttemptsOption,
+    RateLimitOption,
+    RepoOption,
+)
 from kvsnap.cli.output import print_json, stderr, stdout
 from kvsnap.cloudflare import KvClient
 from kvsnap.config import ACCOUNT_ID, ENV_TOKEN, Settings, load_settings
@@ -153,6 +160,9 @@ def restore(
         help="Seconds to keep re-reading keys that differ after the write, because "
         "KV is eventually consistent.",
     ),
+    concurrency: int = ConcurrencyOption,
+    rate_limit: str = RateLimitOption,
+    max_attempts: int = MaxAttemptsOption,
     repo: str = RepoOption,
     config: Path = ConfigOption,
     as_json: bool = JsonOption,
@@ -163,7 +173,13 @@ def restore(
     invalid records; nothing written), 7 read-back mismatch, 4 snapshot
     damaged, 10 configuration error, 11 token rejected, 12 API failed.
     """
-    settings = load_settings(config_file=config, repository=repo)
+    settings = load_settings(
+        config_file=config,
+        repository=repo,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        max_attempts=max_attempts,
+    )
     options = RestoreOptions(
         snapshot=snapshot,
         as_of=as_of,
