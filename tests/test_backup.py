@@ -27,8 +27,8 @@ from tests.kvtools import (
     snapshots,
 )
 
-K01_RANDOM = random.Random(1).randbytes(4096 - 5) + bytes.fromhex("fffe80c328")
-K01_SIXTEEN = bytes.fromhex("d2da1e773c50d9359a89d553c3816d20")
+RANDOM_4096 = random.Random(1).randbytes(4096 - 5) + bytes.fromhex("fffe80c328")
+SIXTEEN_BYTES = bytes.fromhex("d2da1e773c50d9359a89d553c3816d20")
 
 
 @pytest.fixture
@@ -77,7 +77,10 @@ def test_backup_request_count_bound(emulator: EmulatorServer, repo: str) -> None
 def test_backup_binary_values_byte_exact(tmp_path: Path, repo: str, mode: str) -> None:
     with EmulatorServer(tmp_path / "kv", bulk_get_binary=mode) as server:
         text = [SeedEntry(f"bin/text{i:03d}", f"text {i}".encode()) for i in range(150)]
-        binary = [SeedEntry("bin/random", K01_RANDOM), SeedEntry("bin/16", K01_SIXTEEN)]
+        binary = [
+            SeedEntry("bin/random", RANDOM_4096),
+            SeedEntry("bin/16", SIXTEEN_BYTES),
+        ]
         create_namespace(server, "binary", text + binary)
 
         result = backup(server, repo, "binary")
@@ -153,7 +156,7 @@ def test_backup_values_never_parsed(emulator: EmulatorServer, repo: str) -> None
     assert all(stored[f"v{i}"].base64 is False for i in range(len(texts)))
 
 
-def test_backup_namespace_resolution_k09(emulator: EmulatorServer, repo: str) -> None:
+def test_backup_namespace_by_id_or_title(emulator: EmulatorServer, repo: str) -> None:
     cache_id = create_namespace(emulator, "app-CACHE", [SeedEntry("a", b"1")])
     other_id = create_namespace(emulator, cache_id, [SeedEntry("b", b"2")])
 
@@ -182,7 +185,7 @@ def test_backup_namespace_resolution_k09(emulator: EmulatorServer, repo: str) ->
     assert listed == 2  # only the two creates above: backup never creates one
 
 
-def test_backup_rate_limited_k06(tmp_path: Path, repo: str) -> None:
+def test_backup_waits_out_rate_limit(tmp_path: Path, repo: str) -> None:
     entries = [SeedEntry(f"user/{i:04d}", f"v{i}".encode()) for i in range(5000)]
     with EmulatorServer(tmp_path / "kv") as seeder:
         create_namespace(seeder, "limited", entries)

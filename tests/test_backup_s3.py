@@ -49,7 +49,7 @@ def test_backup_to_s3_verify_export(
     assert exported["json-like/2"]["value"] == '{"b":1, "a":2}'
 
 
-def test_backup_part_upload_faults_k13(
+def test_backup_part_upload_faults(
     emulator: EmulatorServer, fault_proxy: tuple[FaultProxy, str]
 ) -> None:
     proxy, url = fault_proxy

@@ -37,7 +37,7 @@ def binary_record(key: str, size: int) -> Record:
     return Record(key, base64.b64encode(os.urandom(size)).decode("ascii"), True)
 
 
-# -- K05: count and size limits ------------------------------------------------
+# -- count and size limits ------------------------------------------------
 
 
 def test_batches_12000_small_pairs_by_count() -> None:
@@ -134,7 +134,7 @@ def test_item_maps_record_fields_one_to_one() -> None:
     }
 
 
-# -- K11: laziness ---------------------------------------------------------------
+# -- laziness ---------------------------------------------------------------
 
 
 def test_batches_are_produced_lazily() -> None:
@@ -164,7 +164,7 @@ def test_batches_are_produced_lazily() -> None:
     assert largest < 400
 
 
-# -- K10: record limits ------------------------------------------------------------
+# -- record limits ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [26_214_400, 25_000_001])
@@ -229,7 +229,7 @@ def test_record_over_request_size_fails() -> None:
     assert "100,000,000" in str(caught.value)
 
 
-# -- K03: expirations ---------------------------------------------------------------
+# -- expirations ---------------------------------------------------------------
 
 
 def test_classify_expiration() -> None:

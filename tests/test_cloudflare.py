@@ -1,4 +1,4 @@
-"""Namespace resolution (case K09) and the key-list guards of KvClient."""
+"""Namespace resolution by id or title, and the key-list guards of KvClient."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def write(server: EmulatorServer, namespace_id: str, records: list[Record]) -> N
     run(server, lambda client: client.bulk_write(namespace_id, records))
 
 
-# -- K12: eventual consistency ---------------------------------------------------
+# -- eventual consistency ---------------------------------------------------
 
 
 def test_readback_waits_for_stale_value(

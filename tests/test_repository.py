@@ -606,7 +606,7 @@ def test_iter_records_stops_at_bad_part(tmp_path: Path) -> None:
     assert seen == ["key-00000", "key-00001"]
 
 
-# Case K13: the store fails part uploads.
+# The store fails part uploads.
 
 
 @pytest.mark.s3

@@ -58,7 +58,7 @@ def restore(server: EmulatorServer, repo: str, *args: str, **env: str):
     return run_cli(["restore", "--repo", repo, *args], cloudflare_env(server, **env))
 
 
-def k18_state(server: EmulatorServer, repo: str) -> str:
+def changed_users_state(server: EmulatorServer, repo: str) -> str:
     """Back up user/1 and user/2 at v1, then change the live namespace."""
     namespace_id = create_namespace(
         server, "users", [SeedEntry("user/1", b"v1"), SeedEntry("user/2", b"v1")]
@@ -73,8 +73,8 @@ def k18_state(server: EmulatorServer, repo: str) -> str:
     return namespace_id
 
 
-def test_restore_dry_run_plan_k18(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+def test_restore_dry_run_plan_counts(emulator: EmulatorServer, repo: str) -> None:
+    changed_users_state(emulator, repo)
     emulator.reset_stats()
 
     result = restore(emulator, repo, "latest@users", "--dry-run", "--json")
@@ -92,7 +92,7 @@ def test_restore_dry_run_plan_k18(emulator: EmulatorServer, repo: str) -> None:
 
 
 def test_restore_dry_run_overwrite_ok(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
     emulator.reset_stats()
 
     result = restore(
@@ -109,7 +109,7 @@ def test_restore_dry_run_overwrite_ok(emulator: EmulatorServer, repo: str) -> No
 def test_restore_conflict_error_writes_nothing(
     emulator: EmulatorServer, repo: str
 ) -> None:
-    namespace_id = k18_state(emulator, repo)
+    namespace_id = changed_users_state(emulator, repo)
     emulator.reset_stats()
 
     result = restore(emulator, repo, "latest@users", "--yes")
@@ -121,8 +121,8 @@ def test_restore_conflict_error_writes_nothing(
     assert value_of(emulator, namespace_id, "user/2") is None
 
 
-def test_restore_skip_existing_k18(emulator: EmulatorServer, repo: str) -> None:
-    namespace_id = k18_state(emulator, repo)
+def test_restore_skip_existing_keeps_live(emulator: EmulatorServer, repo: str) -> None:
+    namespace_id = changed_users_state(emulator, repo)
 
     result = restore(
         emulator, repo, "latest@users", "--conflict", "skip-existing", "--yes"
@@ -137,7 +137,7 @@ def test_restore_skip_existing_k18(emulator: EmulatorServer, repo: str) -> None:
 def test_restore_exact_overwrite_saves_pre_restore(
     emulator: EmulatorServer, repo: str
 ) -> None:
-    namespace_id = k18_state(emulator, repo)
+    namespace_id = changed_users_state(emulator, repo)
 
     result = restore(
         emulator,
@@ -168,7 +168,7 @@ def test_restore_exact_overwrite_saves_pre_restore(
 
 
 def test_restore_rerun_writes_nothing(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
     first = restore(emulator, repo, "latest@users", "--conflict", "overwrite", "--yes")
     emulator.reset_stats()
 
@@ -183,7 +183,7 @@ def test_restore_rerun_writes_nothing(emulator: EmulatorServer, repo: str) -> No
 
 
 def test_restore_needs_yes_without_tty(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
     emulator.reset_stats()
 
     result = restore(emulator, repo, "latest@users", "--conflict", "overwrite")
@@ -194,7 +194,7 @@ def test_restore_needs_yes_without_tty(emulator: EmulatorServer, repo: str) -> N
 
 
 def test_restore_max_writes_cap(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
 
     result = restore(
         emulator,
@@ -289,7 +289,7 @@ def test_restore_into_new_account_with_create(tmp_path: Path, repo: str) -> None
     assert check.code == 0, check.stdout + check.stderr
 
 
-def test_restore_other_account_needs_flag_k16(tmp_path: Path, repo: str) -> None:
+def test_restore_other_account_needs_flag(tmp_path: Path, repo: str) -> None:
     with EmulatorServer(
         tmp_path / "kv", accounts=[DEFAULT_ACCOUNT_ID, SECOND_ACCOUNT]
     ) as server:
@@ -309,7 +309,7 @@ def test_restore_other_account_needs_flag_k16(tmp_path: Path, repo: str) -> None
     assert write_count == 0
 
 
-def test_restore_missing_part_writes_nothing_k15(
+def test_restore_missing_part_writes_nothing(
     emulator: EmulatorServer, repo: str
 ) -> None:
     entries = [SeedEntry(f"k{i:04d}", b"x" * 300) for i in range(400)]
@@ -353,7 +353,7 @@ def write_snapshot(repo_url: str, namespace_id: str, records: list[Record]) -> N
 
 
 @pytest.mark.parametrize("extend", [False, True])
-def test_restore_expirations_k03(
+def test_restore_expired_and_expiring(
     emulator: EmulatorServer, repo: str, extend: bool
 ) -> None:
     now = int(time.time())
@@ -398,9 +398,7 @@ def test_restore_write_requests_for_12000_keys(
     assert summary["verified"] == 12_000
 
 
-def test_restore_oversize_value_refused_k10(
-    emulator: EmulatorServer, repo: str
-) -> None:
+def test_restore_oversize_value_refused(emulator: EmulatorServer, repo: str) -> None:
     namespace_id = create_namespace(emulator, "sizes")
     limit = 26_214_400
     records = [
@@ -418,9 +416,7 @@ def test_restore_oversize_value_refused_k10(
     assert writes(emulator) == 0
 
 
-def test_restore_binary_and_metadata_k02_k07(
-    emulator: EmulatorServer, repo: str
-) -> None:
+def test_restore_binary_and_metadata_exact(emulator: EmulatorServer, repo: str) -> None:
     namespace_id = create_namespace(emulator, "expiring")
     records = [
         Record("img/header", "iVBORw0KGgoAgP/+", base64=True),
@@ -446,7 +442,7 @@ def test_restore_binary_and_metadata_k02_k07(
     assert absent is None
 
 
-def test_restore_waits_for_stale_reads_k12(tmp_path: Path, repo: str) -> None:
+def test_restore_waits_for_stale_reads(tmp_path: Path, repo: str) -> None:
     with EmulatorServer(tmp_path / "kv", stale_reads_seconds=3.0) as server:
         namespace_id = create_namespace(server, "cfg", [SeedEntry("cfg/x", b"new")])
         env = cloudflare_env(server)
@@ -604,7 +600,7 @@ def test_restore_as_of_picks_older_snapshot(
 def test_restore_latest_skips_pre_restore_only(
     emulator: EmulatorServer, repo: str
 ) -> None:
-    namespace_id = k18_state(emulator, repo)
+    namespace_id = changed_users_state(emulator, repo)
     assert (
         restore(emulator, repo, "latest@users", "--conflict", "overwrite", "--yes").code
         == 0
@@ -632,7 +628,7 @@ def test_restore_latest_skips_pre_restore_only(
 def test_restore_invalid_options(
     emulator: EmulatorServer, repo: str, flags: list[str], code: int, named: str
 ) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
 
     result = restore(emulator, repo, "latest@users", "--dry-run", *flags)
 
@@ -642,7 +638,7 @@ def test_restore_invalid_options(
 
 
 def test_restore_warns_about_unknown_keys(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
 
     result = restore(
         emulator,
@@ -660,7 +656,7 @@ def test_restore_warns_about_unknown_keys(emulator: EmulatorServer, repo: str) -
 
 
 def test_restore_honours_rate_limit_option(emulator: EmulatorServer, repo: str) -> None:
-    k18_state(emulator, repo)
+    changed_users_state(emulator, repo)
 
     result = restore(
         emulator,

@@ -108,7 +108,7 @@ def test_intact_snapshot_passes(repo_url: str) -> None:
     assert full.namespace_title == "production-config"
 
 
-def test_truncated_parts_k14(repo_url: str) -> None:
+def test_truncated_parts_detected(repo_url: str) -> None:
     repo = run(Repository.init(repo_url))
     manifest = run(
         write_snapshot(
@@ -330,7 +330,7 @@ def test_raise_for_failures_names_each_part(tmp_path: Path) -> None:
 # The command line.
 
 
-def test_cli_verify_k14_exit_4(tmp_path: Path) -> None:
+def test_cli_verify_truncated_exit_4(tmp_path: Path) -> None:
     url = str(tmp_path / "repo")
     repo = run(Repository.init(url))
     manifest = run(write_snapshot(repo, [make_records(20), make_records(20, "z")]))

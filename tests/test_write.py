@@ -70,7 +70,7 @@ def quick_key_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "KEY_WRITE_INTERVAL_SECONDS", 0.05)
 
 
-# -- K02, K07: records map to items field for field ---------------------------
+# -- records map to items field for field ---------------------------
 
 
 def test_bulk_write_stores_exact_bytes_and_metadata(emulator: EmulatorServer) -> None:
@@ -135,7 +135,7 @@ def test_sent_body_size_equals_measured_size(emulator: EmulatorServer) -> None:
     }
 
 
-# -- K17: unsuccessful keys are sent again, alone -----------------------------
+# -- unsuccessful keys are sent again, alone -----------------------------
 
 
 def partial_success(unsuccessful: list[str], successful: int) -> Fault:
