@@ -335,9 +335,7 @@ class KvClient:
                 _NamespaceEnvelope,
             )
         except _NotFound as exc:
-            raise NamespaceNotFound(
-                f"namespace {namespace_id} not found: {exc}"
-            ) from exc
+            raise _namespace_missing(namespace_id, exc) from exc
         except _Rejected as exc:
             raise ApiError(f"get namespace {namespace_id} failed: {exc}") from exc
         return _namespace_from(body, f"get namespace {namespace_id}")
@@ -409,9 +407,7 @@ class KvClient:
                 _KeysPage,
             )
         except _NotFound as exc:
-            raise NamespaceNotFound(
-                f"namespace {namespace_id} not found: {exc}"
-            ) from exc
+            raise _namespace_missing(namespace_id, exc) from exc
         except _Rejected as exc:
             raise ApiError(
                 f"list keys of namespace {namespace_id} failed: {exc}"
@@ -424,9 +420,7 @@ class KvClient:
         try:
             return await self._bulk_get_text(namespace_id, names)
         except _NotFound as exc:
-            raise NamespaceNotFound(
-                f"namespace {namespace_id} not found: {exc}"
-            ) from exc
+            raise _namespace_missing(namespace_id, exc) from exc
 
     async def _bulk_get_text(
         self, namespace_id: str, names: list[str]
@@ -473,8 +467,7 @@ class KvClient:
             return await self._call(operation, request)
         except _NotFound as exc:
             if exc.namespace_missing:
-                message = f"namespace {namespace_id} not found: {exc}"
-                raise NamespaceNotFound(message) from exc
+                raise _namespace_missing(namespace_id, exc) from exc
             return None
         except _Rejected as exc:
             raise ApiError(f"{operation} of key {key!r} failed: {exc}") from exc
@@ -764,9 +757,7 @@ class KvClient:
         try:
             body = await self._read_json(operation, counted, _BulkWriteEnvelope)
         except _NotFound as exc:
-            raise NamespaceNotFound(
-                f"namespace {namespace_id} not found: {exc}"
-            ) from exc
+            raise _namespace_missing(namespace_id, exc) from exc
         except _Rejected as exc:
             raise WriteFailed(
                 f"{operation} was rejected: {exc}",
@@ -853,6 +844,10 @@ def _list_keys(keys: list[str]) -> str:
     listed = ", ".join(repr(key) for key in keys[:_LISTED_KEYS])
     more = len(keys) - _LISTED_KEYS
     return f"{listed} and {more} more" if more > 0 else listed
+
+
+def _namespace_missing(namespace_id: str, exc: Exception) -> NamespaceNotFound:
+    return NamespaceNotFound(f"namespace {namespace_id} not found: {exc}")
 
 
 def _error_codes(exc: cloudflare.APIStatusError) -> list[int]:

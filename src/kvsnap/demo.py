@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoResult:
-    """What the demo did and where it left things."""
+    """Outcome of the demo: what it seeded, backed up and verified, and where."""
 
     folder: Path
     emulator_data: Path

@@ -86,7 +86,7 @@ class ApiError(KvsnapError):
 
 
 class RateLimitExhausted(ApiError):
-    """Requests were still answered 429 after every retry."""
+    """Requests still got HTTP 429 after every retry."""
 
 
 class WriteFailed(ApiError):
@@ -100,7 +100,7 @@ class WriteFailed(ApiError):
 
 
 class RepositoryError(KvsnapError):
-    """The object store failed, or holds data kvsnap cannot use."""
+    """The object store failed, or contains data kvsnap cannot use."""
 
     exit_code = EXIT_REPOSITORY
 
@@ -124,7 +124,7 @@ class VerifyError(KvsnapError):
 
 
 class PlanRefused(KvsnapError):
-    """A restore plan was refused before any write; the message says why."""
+    """A restore plan rejected before any write; the message gives the reason."""
 
     exit_code = EXIT_REFUSED
 

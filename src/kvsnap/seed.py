@@ -80,7 +80,7 @@ def _walk(folder: Traversable, prefix: str) -> Iterator[tuple[str, Traversable]]
 
 
 def tz_entries() -> list[SeedEntry]:
-    """Every TZif file of the tzdata package, keyed by its zoneinfo path."""
+    """Return every TZif file of the tzdata package, keyed by its zoneinfo path."""
     root = importlib.resources.files("tzdata") / "zoneinfo"
     return [
         SeedEntry(path, file.read_bytes()) for path, file in _walk(root, "zoneinfo")
@@ -88,7 +88,7 @@ def tz_entries() -> list[SeedEntry]:
 
 
 def text_entries() -> list[SeedEntry]:
-    """The source files of the installed rich package as text values."""
+    """Return the source files of the installed rich package as text values."""
     root = importlib.resources.files("rich")
     return [
         SeedEntry(path, file.read_bytes())
@@ -113,7 +113,7 @@ _USER_NAMES = [
 
 
 def auth_entries(now: float | None = None) -> list[SeedEntry]:
-    """The state of a credential service, with every awkward key and value kind."""
+    """Return the state of a credential service, with every awkward key kind."""
     now = time.time() if now is None else now
     entries: list[SeedEntry] = []
 
@@ -209,7 +209,7 @@ def _jwk(kid: str) -> dict[str, str]:
 
 
 def demo_namespaces() -> dict[str, list[SeedEntry]]:
-    """The three demo namespaces by title."""
+    """Return the three demo namespaces by title."""
     return {
         TZ_NAMESPACE: tz_entries(),
         TEXT_NAMESPACE: text_entries(),

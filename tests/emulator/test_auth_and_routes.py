@@ -51,7 +51,8 @@ def test_sdk_maps_auth_failures(emulator: EmulatorServer) -> None:
 def test_given_accounts_and_tokens_replace_the_defaults(tmp_path: Path) -> None:
     accounts, tokens = ["1" * 32, "2" * 32], ["tok-a", "tok-b"]
     with EmulatorServer(tmp_path, accounts=accounts, tokens=tokens) as server:
-        assert server.account_id == accounts[0] and server.token == "tok-a"
+        assert server.account_id == accounts[0]
+        assert server.token == "tok-a"
         for account in accounts:
             for token in tokens:
                 response = httpx.get(

@@ -59,7 +59,9 @@ def test_pagination_over_2501_keys_takes_three_pages(
             break
     assert seen == keys
     assert len(cursors) == 3
-    assert cursors[0] and cursors[1] and cursors[2] == ""
+    assert cursors[0]
+    assert cursors[1]
+    assert cursors[2] == ""
 
 
 def test_sdk_auto_pager_reads_every_key(

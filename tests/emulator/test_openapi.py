@@ -1,12 +1,13 @@
 """The emulator's requests and answers, validated against Cloudflare's OpenAPI.
 
-The description is ``shared/reference/cloudflare-kv-openapi.yml``, a sibling
-of the repository clone (``/work/shared`` here, ``../shared`` in CI); the
-tests skip when it is absent. openapi-core validates each request the tests
-send and each answer the emulator gives, as if sent to api.cloudflare.com.
+The description is ``shared/reference/cloudflare-kv-openapi.yml`` in the
+folder beside the repository clone; the tests skip when it is absent.
+openapi-core validates each request the tests send and each response the
+emulator returns, as if sent to api.cloudflare.com.
 
-Where the description is wrong or disagrees with the facts file, the facts
-file wins and the quirk is handled here, in memory (the file is read-only):
+Where the description is wrong or disagrees with what the API and the SDK
+do, the emulator follows the API, and the quirk is handled here, in memory
+(the file is read-only):
 
 * Its account and namespace identifier schemas are ``readOnly``, which
   openapi-core enforces on path parameters, failing every request; the flag
@@ -241,8 +242,8 @@ def test_error_answers_match_the_failure_schema(
 def test_spec_rejects_null_bulk_get_value(api: httpx.Client, ns: str) -> None:
     """Known disagreement: the spec allows no null in text-mode bulk get.
 
-    The facts file (section 1) says missing keys map to null, as the Workers
-    binding does; the emulator follows it. If this test starts failing, the
+    The Workers binding's bulk read returns null for missing keys, and the
+    emulator does the same in the REST API. If this test starts failing, the
     description was fixed and the note in the module docstring can go.
     """
     response = api.post(
@@ -257,9 +258,9 @@ def test_spec_rejects_null_bulk_get_value(api: httpx.Client, ns: str) -> None:
 def test_spec_describes_bulk_write_errors_as_successes(
     api: httpx.Client, ns: str, route: str
 ) -> None:
-    """Known disagreement: the 4XX schema of bulk write and delete says
-    ``success: true``. The emulator answers the failure envelope every other
-    endpoint documents (``success: false``, ``result: null``)."""
+    """Known disagreement: the 4XX schema of bulk write and delete requires
+    ``success: true``. The emulator returns the failure envelope that every
+    other endpoint documents (``success: false``, ``result: null``)."""
     method = "PUT" if route == "bulk" else "POST"
     body: Any = [{"key": "k", "value": "v", "expiration": 1}] if route == "bulk" else 5
     response = api.request(method, f"namespaces/{ns}/{route}", json=body)

@@ -124,7 +124,8 @@ def test_overwrite_replaces_value_metadata_and_expiration(
 
     assert get(sdk, emulator, namespace, "k") == b"2"
     [key] = sdk.kv.namespaces.keys.list(namespace, account_id=emulator.account_id)
-    assert key.expiration is None and key.metadata is None
+    assert key.expiration is None
+    assert key.metadata is None
 
 
 def test_metadata_endpoint_returns_metadata_or_null(

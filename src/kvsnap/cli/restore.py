@@ -113,7 +113,7 @@ def restore(
     token_env: str = typer.Option(
         ENV_TOKEN,
         "--token-env",
-        help="Variable that holds the target account's API token.",
+        help="Name of the variable that contains the target account's API token.",
     ),
     create: bool = typer.Option(
         False, "--create", help="Create the target namespace when it does not exist."
@@ -126,7 +126,7 @@ def restore(
     conflict: Conflict = typer.Option(
         Conflict.ERROR,
         "--conflict",
-        help="Live keys that differ: error refuses, skip-existing keeps them, "
+        help="Live keys that differ: error rejects the plan, skip-existing keeps them, "
         "overwrite replaces them.",
     ),
     exact: bool = typer.Option(
