@@ -10,8 +10,9 @@ import pytest
 
 from kvsnap.emulator import EmulatorServer
 
-# The S3 server fixtures (rclone, moto, the fault proxy) live in their own module.
-pytest_plugins = ["tests.s3servers"]
+# The S3 server fixtures (rclone, moto, the fault proxy) and the webhook
+# receiver live in their own modules.
+pytest_plugins = ["tests.s3servers", "tests.webhooks"]
 
 
 @pytest.fixture

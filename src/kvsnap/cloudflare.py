@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cloudflare
 import httpx
@@ -43,6 +43,9 @@ from kvsnap.errors import (
 )
 from kvsnap.format import Record, key_order
 from kvsnap.ratelimit import RateLimiter, RetryPolicy, parse_retry_after
+
+if TYPE_CHECKING:
+    from kvsnap.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +367,27 @@ class KvClient:
                 "choose it by id, or pick another title",
             ) from exc
         return _namespace_from(body, operation)
+
+    async def delete_namespace(self, namespace_id: str) -> None:
+        """Delete a namespace and every key in it.
+
+        Raises NamespaceNotFound when it does not exist, so a retry after a
+        lost response that had deleted it reports it as missing.
+        """
+        operation = f"delete namespace {namespace_id}"
+
+        async def send() -> Any:
+            self.write_requests += 1
+            return await self._sdk.kv.namespaces.with_raw_response.delete(
+                namespace_id, account_id=self.account_id
+            )
+
+        try:
+            await self._read_json(operation, send, _MetadataEnvelope)
+        except _NotFound as exc:
+            raise _namespace_missing(namespace_id, exc) from exc
+        except _Rejected as exc:
+            raise ApiError(f"{operation} failed: {exc}") from exc
 
     # Keys and values.
 
@@ -868,3 +892,16 @@ def _describe(exc: cloudflare.APIStatusError) -> str:
         if isinstance(error, dict):
             parts.append(f"code {error.get('code')}: {error.get('message')}")
     return ": ".join(parts)
+
+
+def open_client(settings: Settings) -> KvClient:
+    """Build the KV client of `settings`; ConfigError if token or account is missing."""
+    token, account = settings.require_cloudflare()
+    return KvClient(
+        api_token=token,
+        account_id=account,
+        base_url=settings.base_url,
+        concurrency=settings.concurrency,
+        rate_limit=settings.rate_limit,
+        policy=RetryPolicy(max_attempts=settings.max_attempts),
+    )

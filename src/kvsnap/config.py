@@ -21,6 +21,7 @@ from typing import Any
 from kvsnap import limits
 from kvsnap.errors import ConfigError
 from kvsnap.logs import register_secret
+from kvsnap.policy import POLICY_TABLES
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_CONFIG_NAME = "kvsnap.toml"
@@ -106,7 +107,8 @@ def parse_size(text: str | int) -> int:
     return int(match[1]) * _SIZE_UNITS[unit]
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Return the parsed TOML of `path`, or raise ConfigError naming the problem."""
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
@@ -145,10 +147,13 @@ def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
                 flat[key] = _typed(path, f"[{name}] {key}", key, item)
         elif name in allowed[""]:
             flat[name] = _typed(path, name, name, value)
+        elif name in POLICY_TABLES:
+            continue  # read and checked by kvsnap.policy
         else:
             raise ConfigError(
                 f"{path}: unknown setting {name!r}; known: repository, namespaces, "
-                "all, [cloudflare], [backup]"
+                "all, [cloudflare], [backup], "
+                + ", ".join(f"[{table}]" for table in POLICY_TABLES)
             )
     return flat
 
@@ -213,7 +218,7 @@ def load_settings(
     """
     env = dict(os.environ) if env is None else env
     path = _find_config(config_file, env)
-    file = _flatten(_read_file(path), path) if path else {}
+    file = _flatten(read_config_file(path), path) if path else {}
 
     def pick(flag: str, env_name: str | None, file_key: str) -> Any:
         if flags.get(flag) not in (None, ()):

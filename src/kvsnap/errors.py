@@ -18,15 +18,22 @@ Exit codes, never reused for another meaning:
 6     restore refused: its plan conflicts with live keys, breaks a cap or
       holds invalid records; nothing was written
 7     restore wrote its plan but the read-back found mismatches
+8     anomaly: a new snapshot differs from the previous one by more than
+      the policy's share; the previous snapshot is held
 10    configuration error: bad setting, unknown namespace, bad URL
 11    authentication error: the API token was rejected (401 or 403)
 12    Cloudflare API error that retries did not cure
 20    repository error: the object store failed or holds bad data
 21    repository not found or not initialised
 22    snapshot not found
+23    repository locked by another kvsnap process
 130   interrupted (Ctrl-C)
 141   the reader of standard output closed it early (128 + SIGPIPE)
 ====  ===========================================================
+
+`kvsnap status` alone follows the convention of monitoring plugins
+(Nagios, Icinga, Sensu): 0 every target met, 1 warning, 2 breach. Its
+errors keep the codes above (a missing repository is still 21).
 """
 
 from __future__ import annotations
@@ -39,12 +46,14 @@ EXIT_VERIFY = 4
 EXIT_DIFFERENT = 5
 EXIT_REFUSED = 6
 EXIT_MISMATCH = 7
+EXIT_ANOMALY = 8
 EXIT_CONFIG = 10
 EXIT_AUTH = 11
 EXIT_API = 12
 EXIT_REPOSITORY = 20
 EXIT_NO_REPOSITORY = 21
 EXIT_NO_SNAPSHOT = 22
+EXIT_LOCKED = 23
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
@@ -115,6 +124,12 @@ class SnapshotNotFound(RepositoryError):
     """No snapshot matches the given id, prefix or selector."""
 
     exit_code = EXIT_NO_SNAPSHOT
+
+
+class RepositoryLocked(RepositoryError):
+    """Another process holds a lock that conflicts with the one asked for."""
+
+    exit_code = EXIT_LOCKED
 
 
 class VerifyError(KvsnapError):

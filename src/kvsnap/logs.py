@@ -8,16 +8,35 @@ so a token that slips into an exception message is still never printed.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 
 _secrets: set[str] = set()
 MASK = "***"
 
 # Context fields that a log call may pass in ``extra``, shown after the message.
 CONTEXT_FIELDS = ("run", "namespace", "snapshot", "keys", "bytes", "duration", "error")
+
+
+# The id of the policy run in progress, added to every line logged within it.
+_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kvsnap_run_id", default=None
+)
+
+
+@contextlib.contextmanager
+def run_context(run_id: str) -> Iterator[None]:
+    """Tag every log line of this block (and the tasks it starts) with `run_id`."""
+    token = _run_id.set(run_id)
+    try:
+        yield
+    finally:
+        _run_id.reset(token)
 
 
 def register_secret(value: str | None) -> None:
@@ -36,6 +55,8 @@ def mask(text: str) -> str:
 
 class _MaskFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "run", None) is None and _run_id.get() is not None:
+            record.run = _run_id.get()
         record.msg = mask(record.getMessage())
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:

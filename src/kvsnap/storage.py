@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -477,6 +477,32 @@ class Storage:
             return sorted(found)
 
         async def attempt(number: int) -> list[tuple[str, int]]:
+            return await asyncio.to_thread(list_all)
+
+        return await self._retrying("LIST", prefix or "/", attempt)
+
+    async def list_modified(self, prefix: str = "") -> list[tuple[str, int, datetime]]:
+        """Return (path, size, last modified time) of the objects under `prefix`.
+
+        Sorted by path; the prefix matches whole segments as in `list`. The
+        time is the store's Last-Modified (the file's mtime in a local folder).
+        """
+        if prefix:
+            check_object_path(prefix)
+        store = self._readable_store()
+        if store is None:
+            return []
+
+        def list_all() -> list[tuple[str, int, datetime]]:
+            found: list[tuple[str, int, datetime]] = []
+            for chunk in obstore.list(store, prefix or None):
+                found.extend(
+                    (meta["path"], int(meta["size"]), meta["last_modified"])
+                    for meta in chunk
+                )
+            return sorted(found)
+
+        async def attempt(number: int) -> list[tuple[str, int, datetime]]:
             return await asyncio.to_thread(list_all)
 
         return await self._retrying("LIST", prefix or "/", attempt)

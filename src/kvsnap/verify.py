@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from kvsnap.errors import CorruptPart, SnapshotNotFound, VerifyError
+from kvsnap.errors import CorruptPart, RepositoryError, SnapshotNotFound, VerifyError
 from kvsnap.format import Manifest, PartInfo
 from kvsnap.limits import STORAGE_CONCURRENCY
 from kvsnap.repository import (
@@ -24,6 +24,7 @@ from kvsnap.repository import (
     decode_part,
     manifest_path_of,
 )
+from kvsnap.state import record_verify
 
 logger = logging.getLogger(__name__)
 
@@ -215,8 +216,12 @@ async def verify_repository(
     *,
     namespace: str | None = None,
     read_data: bool = False,
+    record: bool = False,
 ) -> list[VerifyResult]:
     """Verify the selected snapshot, or every snapshot (of `namespace`, if given).
+
+    With `record`, each outcome is stored under state/verify/ for `status`
+    and `prune`; a failure to store it is logged, not raised.
 
     With both a selector and a namespace, ``latest`` means the namespace's
     latest snapshot, and any other selector must name a snapshot of it. A
@@ -240,7 +245,10 @@ async def verify_repository(
 
     results = []
     for manifest in manifests:
-        results.append(await verify_snapshot(repo, manifest, read_data=read_data))
+        result = await verify_snapshot(repo, manifest, read_data=read_data)
+        if record:
+            await save_result(repo, result)
+        results.append(result)
     for item in unreadable:
         logger.debug(
             "manifest %s is invalid: %s",
@@ -250,6 +258,26 @@ async def verify_repository(
         )
         results.append(unreadable_result(item, read_data=read_data))
     return results
+
+
+async def save_result(repo: Repository, result: VerifyResult) -> None:
+    """Store a verify outcome for status and prune; log instead of failing."""
+    try:
+        await record_verify(
+            repo,
+            snapshot_id=result.snapshot_id,
+            namespace_id=result.namespace_id,
+            read_data=result.read_data,
+            ok=result.ok,
+            problems=[f"{p.path}: {p.message}" for p in result.problems],
+        )
+    except RepositoryError as exc:
+        logger.warning(
+            "could not record the verify result of %s: %s",
+            result.snapshot_id,
+            exc.message,
+            extra={"snapshot": result.snapshot_id},
+        )
 
 
 def _check_namespace(manifest: Manifest, namespace: str | None) -> None:

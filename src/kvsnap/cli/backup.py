@@ -16,31 +16,19 @@ from kvsnap.cli.options import (
     ConcurrencyOption,
     ConfigOption,
     JsonOption,
+    LockWaitOption,
     MaxAttemptsOption,
     RateLimitOption,
     RepoOption,
 )
 from kvsnap.cli.output import print_json, stderr, stdout
 from kvsnap.cli.repository import format_size
-from kvsnap.cloudflare import KvClient
+from kvsnap.cloudflare import open_client
 from kvsnap.config import Settings, load_settings
 from kvsnap.errors import ConfigError
+from kvsnap.lock import locked
 from kvsnap.progress import Reporter, RichReporter
-from kvsnap.ratelimit import RetryPolicy
 from kvsnap.repository import Repository
-
-
-def open_client(settings: Settings) -> KvClient:
-    """Build the KV client that every Cloudflare-reading command uses."""
-    token, account = settings.require_cloudflare()
-    return KvClient(
-        api_token=token,
-        account_id=account,
-        base_url=settings.base_url,
-        concurrency=settings.concurrency,
-        rate_limit=settings.rate_limit,
-        policy=RetryPolicy(max_attempts=settings.max_attempts),
-    )
 
 
 @app.command()
@@ -64,12 +52,14 @@ def backup(
         show_default=False,
     ),
     tag: list[str] = typer.Option(None, "--tag", help="Tag to record in the manifest."),
+    lock_wait: float = LockWaitOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Back up namespaces into verified snapshots.
 
     Exit codes: 0 all succeeded, 3 some namespaces failed, 10 configuration
-    error, 11 token rejected, 12 API failed after retries, 20 repository error.
+    error, 11 token rejected, 12 API failed after retries, 20 repository error,
+    23 repository locked by prune.
     """
     settings = load_settings(
         config_file=config,
@@ -87,7 +77,7 @@ def backup(
             raise ConfigError(
                 f"invalid --tag {value!r}: expected a non-empty printable text"
             )
-    result = asyncio.run(_backup(settings, tag or []))
+    result = asyncio.run(_backup(settings, tag or [], lock_wait=lock_wait))
     if as_json:
         print_json(
             {
@@ -101,7 +91,9 @@ def backup(
     raise typer.Exit(result.exit_code)
 
 
-async def _backup(settings: Settings, tags: list[str]) -> BackupResult:
+async def _backup(
+    settings: Settings, tags: list[str], *, lock_wait: float = 0.0
+) -> BackupResult:
     url = settings.require_repository()
     async with open_client(settings) as client:
         chosen = await client.resolve_namespaces(
@@ -110,14 +102,18 @@ async def _backup(settings: Settings, tags: list[str]) -> BackupResult:
         repo = await Repository.open_or_init(url, account_id=client.account_id)
         reporter = RichReporter(stderr) if sys.stderr.isatty() else Reporter()
         try:
-            return await run_backup(
-                client,
-                repo,
-                chosen,
-                part_bytes=settings.part_bytes,
-                tags=tags,
-                reporter=reporter,
-            )
+            # Shared: backups run side by side, but prune waits for them.
+            async with locked(
+                repo, exclusive=False, command="kvsnap backup", wait=lock_wait
+            ):
+                return await run_backup(
+                    client,
+                    repo,
+                    chosen,
+                    part_bytes=settings.part_bytes,
+                    tags=tags,
+                    reporter=reporter,
+                )
         finally:
             reporter.close()
 

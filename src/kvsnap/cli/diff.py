@@ -13,9 +13,9 @@ import msgspec
 import typer
 
 from kvsnap.cli.app import app
-from kvsnap.cli.backup import open_client
 from kvsnap.cli.options import AccountOption, ConfigOption, RepoOption
 from kvsnap.cli.output import print_json, stderr
+from kvsnap.cloudflare import open_client
 from kvsnap.config import Settings, load_settings
 from kvsnap.diff import (
     FIELD_EXPIRATION,

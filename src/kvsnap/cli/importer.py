@@ -9,10 +9,9 @@ from typing import Any
 import typer
 
 from kvsnap.cli.app import app
-from kvsnap.cli.backup import open_client
 from kvsnap.cli.options import AccountOption, ConfigOption, JsonOption, RepoOption
 from kvsnap.cli.output import print_json, stderr, stdout
-from kvsnap.cloudflare import Namespace
+from kvsnap.cloudflare import Namespace, open_client
 from kvsnap.config import ENV_ACCOUNT, ENV_TOKEN, Settings, load_settings
 from kvsnap.errors import ConfigError, VerifyError
 from kvsnap.format import Manifest
@@ -28,6 +27,7 @@ from kvsnap.importer import (
     plan_import,
     write_snapshot,
 )
+from kvsnap.lock import locked
 from kvsnap.repository import Repository, format_timestamp
 
 # Invalid entries listed in text output; --json lists all of them.
@@ -155,13 +155,14 @@ async def _write(
     target: Namespace,
 ) -> Manifest:
     repo = await Repository.open_or_init(url, account_id=settings.account_id)
-    return await write_snapshot(
-        repo,
-        plan,
-        account_id=account_id,
-        namespace=target,
-        part_bytes=settings.part_bytes,
-    )
+    async with locked(repo, exclusive=False, command="kvsnap import"):
+        return await write_snapshot(
+            repo,
+            plan,
+            account_id=account_id,
+            namespace=target,
+            part_bytes=settings.part_bytes,
+        )
 
 
 def _print_invalid(invalid: list[InvalidEntry], *, skipped: bool) -> None:

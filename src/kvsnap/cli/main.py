@@ -11,17 +11,26 @@ import typer
 from kvsnap import __version__
 from kvsnap.cli import (  # noqa: F401  (each module registers its commands)
     backup,
+    daemon,
     demo,
     diff,
+    drill,
     emulator,
     export,
+    hold,
     importer,
     output,
+    prune,
+    reports,
     repository,
     restore,
+    status,
+    unlock,
     verify,
 )
+from kvsnap.cli import config as config_command  # noqa: F401  (renamed: not kvsnap.config)
 from kvsnap.cli import log as log_command  # noqa: F401  (renamed: run() has a logger named log)
+from kvsnap.cli import run as run_command  # noqa: F401  (renamed: this module defines run())
 from kvsnap.cli.app import app
 from kvsnap.cli.output import print_json, stderr
 from kvsnap.errors import (

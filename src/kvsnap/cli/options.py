@@ -47,3 +47,9 @@ MaxAttemptsOption = typer.Option(
     help="Tries per request before the run fails [default: 8].",
     show_default=False,
 )
+LockWaitOption = typer.Option(
+    0.0,
+    "--lock-wait",
+    min=0.0,
+    help="Seconds to wait for a conflicting repository lock before exiting with 23.",
+)

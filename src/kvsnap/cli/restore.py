@@ -15,20 +15,21 @@ import typer
 
 from kvsnap.batching import NearExpiry
 from kvsnap.cli.app import app
-from kvsnap.cli.backup import open_client
 from kvsnap.cli.options import (
     ConcurrencyOption,
     ConfigOption,
     JsonOption,
+    LockWaitOption,
     MaxAttemptsOption,
     RateLimitOption,
     RepoOption,
 )
 from kvsnap.cli.output import print_json, stderr, stdout
-from kvsnap.cloudflare import KvClient
+from kvsnap.cloudflare import KvClient, open_client
 from kvsnap.config import ACCOUNT_ID, ENV_TOKEN, Settings, load_settings
 from kvsnap.errors import EXIT_MISMATCH, ConfigError, PlanRefused
 from kvsnap.format import Manifest
+from kvsnap.lock import locked
 from kvsnap.logs import register_secret
 from kvsnap.progress import Reporter, RichReporter
 from kvsnap.repository import Repository
@@ -80,6 +81,7 @@ class RestoreOptions:
     yes: bool
     readback_window: float
     as_json: bool
+    lock_wait: float = 0.0
 
 
 @app.command()
@@ -163,6 +165,7 @@ def restore(
     concurrency: int = ConcurrencyOption,
     rate_limit: str = RateLimitOption,
     max_attempts: int = MaxAttemptsOption,
+    lock_wait: float = LockWaitOption,
     repo: str = RepoOption,
     config: Path = ConfigOption,
     as_json: bool = JsonOption,
@@ -171,7 +174,8 @@ def restore(
 
     Exit codes: 0 restored and read back, 6 plan refused (conflicts, caps or
     invalid records; nothing written), 7 read-back mismatch, 4 snapshot
-    damaged, 10 configuration error, 11 token rejected, 12 API failed.
+    damaged, 10 configuration error, 11 token rejected, 12 API failed,
+    23 repository locked by prune.
     """
     settings = load_settings(
         config_file=config,
@@ -198,6 +202,7 @@ def restore(
         yes=yes,
         readback_window=readback_window,
         as_json=as_json,
+        lock_wait=lock_wait,
     )
     result = asyncio.run(_restore(settings, options))
     if options.as_json:
@@ -256,6 +261,16 @@ def _target_client(
 
 async def _restore(settings: Settings, options: RestoreOptions) -> RestoreResult:
     repo = await Repository.open(settings.require_repository())
+    # Shared, so that prune cannot remove the snapshot while it is read.
+    async with locked(
+        repo, exclusive=False, command="kvsnap restore", wait=options.lock_wait
+    ):
+        return await _restore_locked(repo, settings, options)
+
+
+async def _restore_locked(
+    repo: Repository, settings: Settings, options: RestoreOptions
+) -> RestoreResult:
     started = time.monotonic()
     manifest = await resolve_snapshot(repo, options.snapshot, options.as_of)
     await validate(repo, manifest)

@@ -7,20 +7,29 @@ import asyncio
 import typer
 
 from kvsnap.cli.app import app
-from kvsnap.cli.options import RepoOption
+from kvsnap.cli.options import LockWaitOption, RepoOption
 from kvsnap.cli.output import print_json, stderr, stdout
 from kvsnap.cli.repository import repository_url
+from kvsnap.lock import locked
 from kvsnap.repository import Repository
 from kvsnap.verify import VerifyResult, raise_for_failures, verify_repository
 
 
 async def _verify(
-    url: str, selector: str | None, namespace: str | None, read_data: bool
+    url: str,
+    selector: str | None,
+    namespace: str | None,
+    read_data: bool,
+    lock_wait: float = 0.0,
 ) -> list[VerifyResult]:
     repository = await Repository.open(url)
-    return await verify_repository(
-        repository, selector, namespace=namespace, read_data=read_data
-    )
+    # Shared, so that prune cannot remove a snapshot while it is checked.
+    async with locked(
+        repository, exclusive=False, command="kvsnap verify", wait=lock_wait
+    ):
+        return await verify_repository(
+            repository, selector, namespace=namespace, read_data=read_data, record=True
+        )
 
 
 @app.command("verify")
@@ -44,11 +53,17 @@ def verify_command(
         "--json",
         help="Print a JSON object (an array when no SNAPSHOT is given).",
     ),
+    lock_wait: float = LockWaitOption,
     repo: str | None = RepoOption,
 ) -> None:
-    """Check that snapshots are complete and intact; exit 4 if one is not."""
+    """Check that snapshots are complete and intact; exit 4 if one is not.
+
+    Each result is stored in the repository for `kvsnap status` and for
+    prune, which never removes the newest snapshot that passed. Exit codes:
+    0 all intact, 4 a snapshot failed, 22 no such snapshot, 23 locked by prune.
+    """
     url = repository_url(repo)
-    results = asyncio.run(_verify(url, snapshot, namespace, read_data))
+    results = asyncio.run(_verify(url, snapshot, namespace, read_data, lock_wait))
     if json_output:
         print_json(results[0] if snapshot is not None else results)
     elif not results:

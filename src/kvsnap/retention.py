@@ -1,0 +1,427 @@
+"""Retention: decide which snapshots to keep, then remove the others.
+
+`plan_prune` is pure. It groups the snapshots by namespace and applies the
+rules of a `Retention` to each group, with every calendar in UTC:
+
+- keep_within D: every snapshot whose read started at most D before `now`;
+- keep_last N: the N newest snapshots;
+- keep_daily, keep_weekly, keep_monthly, keep_yearly N: the newest snapshot
+  of each of the N newest days, ISO weeks, months or years that contain a
+  snapshot (days without a snapshot do not use up a slot), as restic's
+  `forget --keep-daily` and its siblings count (restic-forget(1)). Unlike
+  restic's `--keep-within`, which counts back from the newest snapshot,
+  keep_within here counts back from `now`.
+
+Two kinds of snapshot are never removed, whatever the rules:
+
+- per namespace, the newest snapshot whose latest verify passed (a
+  `VerifyRecord` with `ok` and no failed full read). Pre-restore snapshots
+  hold only the keys a restore replaced, so they never count as that copy.
+  When no backup of the namespace passed verification, its newest
+  snapshot is kept instead.
+- held snapshots (anomaly holds and manual holds), until someone releases
+  the hold.
+
+Pre-restore snapshots otherwise follow the same rules as backups, and they
+take up `keep_last` and calendar slots like any other snapshot.
+
+`prune` applies a plan to a repository under the exclusive lock: for each
+removed snapshot it deletes the manifest first (so the snapshot stops
+existing), then its parts, then its verify record. It also deletes orphan
+parts, left by runs that never wrote a manifest, once they are older than
+`ORPHAN_GRACE`, so the parts of a backup that is still writing survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Hashable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kvsnap.errors import SnapshotNotFound
+from kvsnap.format import Manifest
+from kvsnap.limits import STORAGE_CONCURRENCY
+from kvsnap.lock import locked
+from kvsnap.policy import Retention, format_duration
+from kvsnap.repository import (
+    DATA_DIR,
+    PART_SUFFIX,
+    PRE_RESTORE_TAG,
+    SNAPSHOT_ID_RE,
+    SNAPSHOTS_DIR,
+    Repository,
+    format_timestamp,
+    manifest_path_of,
+    parse_manifest_path,
+    parse_timestamp,
+    snapshot_order,
+)
+from kvsnap.state import VerifyRecord, forget_snapshot, holds, verify_records
+
+log = logging.getLogger(__name__)
+
+# Orphan parts younger than this stay. A backup writes all of its parts
+# before its manifest, so a run that started less than a day ago may still
+# commit them. Backups also hold a shared lock that keeps prune out, so this
+# margin matters for writers without a lock (older kvsnap versions, imports)
+# and for a lock that someone broke with `kvsnap unlock`.
+ORPHAN_GRACE = timedelta(hours=24)
+
+REASON_NEWEST_VERIFIED = "newest verified"
+REASON_NEWEST_UNVERIFIED = "newest (none verified)"
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """The snapshots prune keeps, each with its reasons, and those it removes.
+
+    Both lists are ordered by namespace id, then oldest first.
+    """
+
+    keep: list[tuple[Manifest, list[str]]]
+    remove: list[Manifest]
+
+
+def plan_prune(
+    manifests: list[Manifest],
+    retention: Retention,
+    *,
+    now: datetime,
+    verified: Mapping[str, VerifyRecord],
+    held: Collection[str],
+) -> PrunePlan:
+    """Decide which snapshots to keep and which to remove; see the module doc.
+
+    `verified` maps snapshot ids to their verify records. `held` contains
+    the ids of held snapshots; when it is a mapping, its values are the
+    hold reasons shown in the plan.
+    """
+    groups: dict[str, list[Manifest]] = {}
+    for manifest in manifests:
+        groups.setdefault(manifest.namespace_id, []).append(manifest)
+
+    keep: list[tuple[Manifest, list[str]]] = []
+    remove: list[Manifest] = []
+    for namespace_id in sorted(groups):
+        oldest_first = sorted(groups[namespace_id], key=snapshot_order)
+        reasons = _namespace_reasons(
+            oldest_first[::-1], retention, now=now, verified=verified, held=held
+        )
+        for manifest in oldest_first:
+            if reasons[manifest.id]:
+                keep.append((manifest, reasons[manifest.id]))
+            else:
+                remove.append(manifest)
+    return PrunePlan(keep=keep, remove=remove)
+
+
+def passed_verify(record: VerifyRecord | None) -> bool:
+    """Tell whether a snapshot's latest check passed and no full read failed."""
+    return record is not None and record.ok and record.read_data_ok is not False
+
+
+def _namespace_reasons(
+    newest_first: list[Manifest],
+    retention: Retention,
+    *,
+    now: datetime,
+    verified: Mapping[str, VerifyRecord],
+    held: Collection[str],
+) -> dict[str, list[str]]:
+    """Return the keep reasons of each snapshot of one namespace (empty: remove)."""
+    reasons: dict[str, list[str]] = {manifest.id: [] for manifest in newest_first}
+    started = {m.id: parse_timestamp(m.read_started) for m in newest_first}
+
+    if retention.keep_within is not None:
+        label = f"within {format_duration(retention.keep_within)}"
+        for manifest in newest_first:
+            if now - started[manifest.id] <= retention.keep_within:
+                reasons[manifest.id].append(label)
+
+    for number, manifest in enumerate(newest_first[: retention.keep_last], start=1):
+        reasons[manifest.id].append(f"last {number}")
+
+    calendars: list[tuple[str, int, Callable[[datetime], Hashable]]] = [
+        ("daily", retention.keep_daily, lambda moment: moment.date()),
+        ("weekly", retention.keep_weekly, lambda moment: moment.isocalendar()[:2]),
+        ("monthly", retention.keep_monthly, lambda moment: (moment.year, moment.month)),
+        ("yearly", retention.keep_yearly, lambda moment: moment.year),
+    ]
+    for name, count, bucket_of in calendars:
+        _keep_per_bucket(newest_first, started, reasons, name, count, bucket_of)
+
+    protected = _newest_verified(newest_first, verified)
+    if protected is not None:
+        reasons[protected.id].append(REASON_NEWEST_VERIFIED)
+    elif newest_first:
+        reasons[newest_first[0].id].append(REASON_NEWEST_UNVERIFIED)
+
+    for manifest in newest_first:
+        if manifest.id in held:
+            reason = held[manifest.id] if isinstance(held, Mapping) else ""
+            reasons[manifest.id].append(f"held: {reason}" if reason else "held")
+    return reasons
+
+
+def _keep_per_bucket(
+    newest_first: list[Manifest],
+    started: dict[str, datetime],
+    reasons: dict[str, list[str]],
+    name: str,
+    count: int,
+    bucket_of: Callable[[datetime], Hashable],
+) -> None:
+    """Keep the newest snapshot of each of the `count` newest buckets."""
+    kept = 0
+    last_bucket: Hashable = None
+    for manifest in newest_first:
+        if kept >= count:
+            return
+        bucket = bucket_of(started[manifest.id].astimezone(UTC))
+        if bucket == last_bucket:
+            continue
+        kept += 1
+        last_bucket = bucket
+        reasons[manifest.id].append(f"{name} {kept}")
+
+
+def _newest_verified(
+    newest_first: list[Manifest], verified: Mapping[str, VerifyRecord]
+) -> Manifest | None:
+    for manifest in newest_first:
+        if PRE_RESTORE_TAG in manifest.tags:
+            continue
+        if passed_verify(verified.get(manifest.id)):
+            return manifest
+    return None
+
+
+# Applying a plan.
+
+
+@dataclass(frozen=True)
+class OrphanSnapshot:
+    """The parts under data/<namespace>/<day>/<snapshot id>/ of a snapshot
+    that has no manifest."""
+
+    folder: str
+    snapshot_id: str
+    paths: list[str]
+    size: int
+    last_modified: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": self.folder,
+            "snapshot_id": self.snapshot_id,
+            "parts": len(self.paths),
+            "bytes": self.size,
+            "last_modified": format_timestamp(self.last_modified),
+        }
+
+
+@dataclass
+class PruneResult:
+    """The outcome of a prune: kept, removed (in a dry run: to remove) and orphans."""
+
+    dry_run: bool
+    kept: list[tuple[Manifest, list[str]]] = field(default_factory=list)
+    removed: list[Manifest] = field(default_factory=list)
+    orphans_removed: list[OrphanSnapshot] = field(default_factory=list)
+    orphans_kept: list[OrphanSnapshot] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # manifest paths left alone
+    bytes_freed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Build the `kvsnap prune --json` object."""
+        return {
+            "type": "prune",
+            "dry_run": self.dry_run,
+            "kept": [
+                _snapshot_dict(manifest) | {"reasons": reasons}
+                for manifest, reasons in self.kept
+            ],
+            "removed": [_snapshot_dict(manifest) for manifest in self.removed],
+            "orphans_removed": [orphan.to_dict() for orphan in self.orphans_removed],
+            "orphans_kept": [orphan.to_dict() for orphan in self.orphans_kept],
+            "unreadable_manifests": self.unreadable,
+            "bytes_freed": self.bytes_freed,
+        }
+
+
+async def prune(
+    repo: Repository,
+    retention: Retention,
+    *,
+    dry_run: bool,
+    now: datetime | None = None,
+    lock_wait: float = 0.0,
+    namespace: str | None = None,
+    orphan_grace: timedelta = ORPHAN_GRACE,
+) -> PruneResult:
+    """Remove the snapshots that `retention` does not keep, and old orphan parts.
+
+    Takes the exclusive lock (raises RepositoryLocked when another process
+    holds any lock after `lock_wait` seconds). A dry run takes a shared lock
+    instead and deletes nothing; its result lists what a real run would
+    remove. `now` is the time that keep_within counts back from (default:
+    the current time); orphans always age against the current time.
+    `namespace` (id or title) limits both steps to one namespace and
+    raises SnapshotNotFound when it has no snapshot. Snapshots with an
+    unreadable manifest are never removed and their parts are not orphans.
+    A store error raises RepositoryError; what was deleted until then stays
+    deleted, and the next prune picks up the rest.
+    """
+    now = now or datetime.now(UTC)
+    command = "kvsnap prune --dry-run" if dry_run else "kvsnap prune"
+    async with locked(repo, exclusive=not dry_run, command=command, wait=lock_wait):
+        manifests, unreadable = await repo.scan_snapshots(namespace)
+        if namespace is not None and not manifests and not unreadable:
+            raise SnapshotNotFound(
+                f"no snapshots of namespace {namespace!r} in {repo.url}",
+                hint="list the snapshots with `kvsnap snapshots`",
+            )
+        held = {hold.snapshot_id: hold.reason for hold in await holds(repo)}
+        plan = plan_prune(
+            manifests,
+            retention,
+            now=now,
+            verified=await verify_records(repo),
+            held=held,
+        )
+        result = PruneResult(
+            dry_run=dry_run,
+            kept=plan.keep,
+            removed=plan.remove,
+            unreadable=[item.path for item in unreadable],
+        )
+        for item in unreadable:
+            log.warning(
+                "leaving snapshot %s alone: its manifest is invalid: %s",
+                item.entry.snapshot_id,
+                item.reason,
+                extra={"snapshot": item.entry.snapshot_id},
+            )
+
+        for manifest in plan.remove:
+            if not dry_run:
+                await _remove_snapshot(repo, manifest)
+            result.bytes_freed += manifest.stored_bytes
+
+        namespace_ids = {m.namespace_id for m in manifests}
+        namespace_ids |= {item.entry.namespace_id for item in unreadable}
+        # Object times come from the store's clock, so orphans are aged
+        # against the current time even when `now` is given for the plan.
+        current = datetime.now(UTC)
+        orphans = await find_orphans(
+            repo, sorted(namespace_ids) if namespace is not None else None
+        )
+        for orphan in orphans:
+            if current - orphan.last_modified < orphan_grace:
+                result.orphans_kept.append(orphan)
+                continue
+            if not dry_run:
+                await _delete_paths(repo, orphan.paths)
+                log.info(
+                    "removed orphan snapshot folder %s (%d parts, %d bytes)",
+                    orphan.folder,
+                    len(orphan.paths),
+                    orphan.size,
+                    extra={"snapshot": orphan.snapshot_id},
+                )
+            result.orphans_removed.append(orphan)
+            result.bytes_freed += orphan.size
+    return result
+
+
+async def _remove_snapshot(repo: Repository, manifest: Manifest) -> None:
+    """Delete the manifest, then the parts, then the verify record."""
+    await repo.storage.delete(manifest_path_of(manifest))
+    await _delete_paths(repo, [part.path for part in manifest.parts])
+    await forget_snapshot(repo, manifest.id)
+    log.info(
+        "removed snapshot %s of %s from %s (%d parts, %d bytes)",
+        manifest.id,
+        manifest.namespace_title or manifest.namespace_id,
+        manifest.read_started,
+        len(manifest.parts),
+        manifest.stored_bytes,
+        extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
+    )
+
+
+async def _delete_paths(repo: Repository, paths: list[str]) -> None:
+    gate = asyncio.Semaphore(STORAGE_CONCURRENCY)
+
+    async def delete(path: str) -> None:
+        async with gate:
+            await repo.storage.delete(path)
+
+    await asyncio.gather(*(delete(path) for path in paths))
+
+
+async def find_orphans(
+    repo: Repository, namespace_ids: list[str] | None = None
+) -> list[OrphanSnapshot]:
+    """Find the part folders of snapshots that have no manifest.
+
+    A folder data/<namespace id>/<day>/<snapshot id>/ is an orphan when no
+    manifest, readable or not, carries its snapshot id. Objects under data/
+    that do not follow that layout are never counted, only logged.
+    `namespace_ids` limits the search to those namespaces.
+    """
+    manifest_ids = set()
+    for path, _size in await repo.storage.list(SNAPSHOTS_DIR):
+        entry = parse_manifest_path(path)
+        if entry is not None:
+            manifest_ids.add(entry.snapshot_id)
+
+    prefixes = [f"{DATA_DIR}/{ns}" for ns in namespace_ids or []] or [DATA_DIR]
+    folders: dict[str, list[tuple[str, int, datetime]]] = {}
+    for prefix in prefixes:
+        for path, size, modified in await repo.storage.list_modified(prefix):
+            folder = _snapshot_folder(path)
+            if folder is None:
+                log.warning("ignoring %s: not a part of the repository layout", path)
+                continue
+            if folder.rsplit("/", 1)[1] not in manifest_ids:
+                folders.setdefault(folder, []).append((path, size, modified))
+
+    return [
+        OrphanSnapshot(
+            folder=folder,
+            snapshot_id=folder.rsplit("/", 1)[1],
+            paths=[path for path, _size, _modified in objects],
+            size=sum(size for _path, size, _modified in objects),
+            last_modified=max(modified for _path, _size, modified in objects),
+        )
+        for folder, objects in sorted(folders.items())
+    ]
+
+
+def _snapshot_folder(path: str) -> str | None:
+    """Return data/<namespace>/<day>/<snapshot id> of a part path, or None."""
+    segments = path.split("/")
+    if (
+        len(segments) != 5
+        or segments[0] != DATA_DIR
+        or not SNAPSHOT_ID_RE.fullmatch(segments[3])
+        or not segments[4].endswith(PART_SUFFIX)
+    ):
+        return None
+    return "/".join(segments[:4])
+
+
+def _snapshot_dict(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "id": manifest.id,
+        "namespace_id": manifest.namespace_id,
+        "namespace_title": manifest.namespace_title,
+        "time": manifest.read_started,
+        "keys": manifest.keys,
+        "bytes": manifest.stored_bytes,
+        "tags": manifest.tags,
+    }

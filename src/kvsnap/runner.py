@@ -1,0 +1,349 @@
+"""One pass of the policy: back up, verify, look for anomalies, prune, grade.
+
+This is what `kvsnap run` does, what cron and the other schedulers call, and
+what `kvsnap daemon` repeats. The steps, in order:
+
+1. back up every namespace of the policy, under a shared repository lock;
+2. quick-verify each new snapshot and record the result;
+3. compare each new snapshot with the previous one of its namespace; when
+   more than `anomaly_share` of the keys were deleted or changed, hold the
+   previous snapshot (see kvsnap.anomaly);
+4. fully read a rotating share of the snapshots (`[verify]`), the ones
+   never or least recently read first, plus every one that is overdue;
+5. prune by `[retention]` under an exclusive lock; when another process
+   holds the repository, prune is skipped for this run with a warning,
+   because the next run prunes the same snapshots;
+6. grade every namespace (kvsnap.status).
+
+The pass is idempotent: running it twice in a row makes a second snapshot
+of each namespace and changes nothing else. Its exit code is the first
+failure among the steps: the backup's code (3 when only some namespaces
+failed), then 4 when a verify failed, then 8 when an anomaly held a
+snapshot, else 0. Failures, anomalies and (when asked) successes are sent to
+the webhooks of the policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kvsnap import notify
+from kvsnap.anomaly import Anomaly, check_anomaly
+from kvsnap.backup import BackupResult, run_backup
+from kvsnap.cloudflare import open_client
+from kvsnap.config import Settings
+from kvsnap.errors import (
+    EXIT_ANOMALY,
+    EXIT_OK,
+    EXIT_VERIFY,
+    ConfigError,
+    KvsnapError,
+    RepositoryLocked,
+)
+from kvsnap.format import Manifest
+from kvsnap.lock import locked
+from kvsnap.logs import run_context
+from kvsnap.policy import Policy
+from kvsnap.progress import Reporter
+from kvsnap.repository import Repository, format_timestamp, parse_timestamp
+from kvsnap.retention import prune
+from kvsnap.state import VerifyRecord, verify_records
+from kvsnap.status import StatusReport, collect_status
+from kvsnap.verify import VerifyResult, save_result, verify_snapshot
+
+log = logging.getLogger(__name__)
+
+# How long the backup waits for another process's prune to finish, and how
+# long prune waits for other processes' backups before it is skipped for
+# this run (the next run prunes the same snapshots).
+BACKUP_LOCK_WAIT_SECONDS = 600.0
+PRUNE_LOCK_WAIT_SECONDS = 60.0
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(6)
+
+
+@dataclass
+class RunResult:
+    """Everything one pass did; `exit_code` is the pass's verdict."""
+
+    run_id: str
+    started: str
+    seconds: float = 0.0
+    exit_code: int = EXIT_OK
+    error: str | None = None  # a failure that stopped the pass before its end
+    backup: BackupResult | None = None
+    verified: list[VerifyResult] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    pruned: dict[str, Any] | None = None
+    prune_skipped: str | None = None
+    status: StatusReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "run",
+            "ok": self.ok,
+            "run_id": self.run_id,
+            "started": self.started,
+            "seconds": self.seconds,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "backup": dataclasses.asdict(self.backup) if self.backup else None,
+            "verified": [
+                {
+                    "snapshot_id": r.snapshot_id,
+                    "namespace_id": r.namespace_id,
+                    "read_data": r.read_data,
+                    "ok": r.ok,
+                    "problems": [f"{p.path}: {p.message}" for p in r.problems],
+                }
+                for r in self.verified
+            ],
+            "anomalies": [dataclasses.asdict(a) for a in self.anomalies],
+            "prune": self.pruned,
+            "prune_skipped": self.prune_skipped,
+            "status": self.status.to_dict() if self.status else None,
+        }
+
+
+async def run_policy(
+    settings: Settings,
+    policy: Policy,
+    *,
+    run_id: str | None = None,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Run one pass; errors end up in the result, never raised (but Ctrl-C is)."""
+    result = RunResult(
+        run_id=run_id or new_run_id(), started=format_timestamp(datetime.now(UTC))
+    )
+    start = time.monotonic()
+    with run_context(result.run_id):
+        log.info("run started")
+        try:
+            await _run(settings, policy, result, reporter)
+        except KvsnapError as exc:
+            result.error = exc.message
+            result.exit_code = exc.exit_code
+            hint = f" (hint: {exc.hint})" if exc.hint else ""
+            log.error(
+                "run failed: %s%s",
+                exc.message,
+                hint,
+                extra={"error": type(exc).__name__},
+            )
+        result.seconds = round(time.monotonic() - start, 3)
+        log.info(
+            "run finished with exit code %d in %.1f s",
+            result.exit_code,
+            result.seconds,
+            extra={"duration": result.seconds},
+        )
+        await _notify(policy, result)
+    return result
+
+
+async def _run(
+    settings: Settings,
+    policy: Policy,
+    result: RunResult,
+    reporter: Reporter | None,
+) -> None:
+    if not settings.namespaces and not settings.all_namespaces:
+        raise ConfigError(
+            "the policy names no namespace to back up",
+            hint='set namespaces = ["..."] or all = true in kvsnap.toml',
+        )
+    url = settings.require_repository()
+    async with open_client(settings) as client:
+        chosen = await client.resolve_namespaces(
+            settings.namespaces, all_namespaces=settings.all_namespaces
+        )
+        repo = await Repository.open_or_init(url, account_id=client.account_id)
+        async with locked(
+            repo,
+            exclusive=False,
+            command="kvsnap run",
+            wait=BACKUP_LOCK_WAIT_SECONDS,
+        ):
+            result.backup = await run_backup(
+                client,
+                repo,
+                chosen,
+                part_bytes=settings.part_bytes,
+                tags=["scheduled"],
+                reporter=reporter,
+            )
+            await _check_new(repo, policy, result)
+            await _full_reads(repo, policy, result)
+
+    await _prune(repo, policy, result)
+    result.status = await collect_status(
+        repo, policy, expected=list(settings.namespaces)
+    )
+    result.exit_code = _exit_code(result)
+
+
+async def _check_new(repo: Repository, policy: Policy, result: RunResult) -> None:
+    """Quick-verify each new snapshot, then compare it with its predecessor."""
+    assert result.backup is not None
+    for outcome in result.backup.namespaces:
+        if not outcome.ok or outcome.snapshot_id is None:
+            continue
+        manifest = await repo.resolve(outcome.snapshot_id)
+        checked = await verify_snapshot(repo, manifest, read_data=False)
+        await save_result(repo, checked)
+        result.verified.append(checked)
+        if not checked.ok:
+            log.error(
+                "new snapshot %s failed its quick verify",
+                manifest.id,
+                extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
+            )
+            continue
+        anomaly = await check_anomaly(repo, manifest, share=policy.anomaly_share)
+        if anomaly is not None:
+            result.anomalies.append(anomaly)
+
+
+def choose_full_reads(
+    manifests: list[Manifest],
+    records: dict[str, VerifyRecord],
+    policy: Policy,
+    now: datetime,
+) -> list[Manifest]:
+    """Pick the snapshots to read in full this run, oldest read first.
+
+    Every snapshot whose last full read (or, never read, whose creation) is
+    older than `read_data_within` is due; on top of those, the share
+    `read_data_share` of all snapshots, never-read ones first, keeps the
+    reads spread over the period instead of bunched at its end.
+    """
+
+    def last_read(manifest: Manifest) -> str | None:
+        record = records.get(manifest.id)
+        return record.read_data_checked if record else None
+
+    def is_due(manifest: Manifest) -> bool:
+        basis = parse_timestamp(last_read(manifest) or manifest.read_started)
+        return now - basis >= policy.read_data_within
+
+    order = sorted(
+        manifests,
+        key=lambda m: (last_read(m) is not None, last_read(m) or "", m.read_started),
+    )
+    share = math.ceil(len(manifests) * policy.read_data_share)
+    chosen = {m.id for m in order[:share]} | {m.id for m in manifests if is_due(m)}
+    return [m for m in order if m.id in chosen]
+
+
+async def _full_reads(repo: Repository, policy: Policy, result: RunResult) -> None:
+    manifests = await repo.snapshots()
+    records = await verify_records(repo)
+    for manifest in choose_full_reads(manifests, records, policy, datetime.now(UTC)):
+        checked = await verify_snapshot(repo, manifest, read_data=True)
+        await save_result(repo, checked)
+        result.verified.append(checked)
+        if not checked.ok:
+            log.error(
+                "snapshot %s failed its full read: %d problem(s)",
+                manifest.id,
+                len(checked.problems),
+                extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
+            )
+
+
+async def _prune(repo: Repository, policy: Policy, result: RunResult) -> None:
+    try:
+        pruned = await prune(
+            repo,
+            policy.retention,
+            dry_run=False,
+            lock_wait=PRUNE_LOCK_WAIT_SECONDS,
+        )
+    except RepositoryLocked as exc:
+        result.prune_skipped = exc.message
+        log.warning("prune skipped for this run: %s", exc.message)
+        return
+    result.pruned = pruned.to_dict()
+
+
+def _exit_code(result: RunResult) -> int:
+    if result.backup is not None and result.backup.exit_code != EXIT_OK:
+        return result.backup.exit_code
+    if any(not checked.ok for checked in result.verified):
+        return EXIT_VERIFY
+    if result.anomalies:
+        return EXIT_ANOMALY
+    return EXIT_OK
+
+
+async def _notify(policy: Policy, result: RunResult) -> None:
+    if not policy.webhooks:
+        return
+    for anomaly in result.anomalies:
+        await notify.send(
+            policy,
+            notify.Event(
+                type="anomaly",
+                run=result.run_id,
+                summary=anomaly.describe(),
+                details=dataclasses.asdict(anomaly),
+            ),
+        )
+    if result.exit_code not in (EXIT_OK, EXIT_ANOMALY):
+        await notify.send(
+            policy,
+            notify.Event(
+                type="failure",
+                run=result.run_id,
+                summary=failure_summary(result),
+                details=result.to_dict(),
+            ),
+        )
+    elif result.exit_code == EXIT_OK and policy.notify_on_success:
+        await notify.send(
+            policy,
+            notify.Event(
+                type="success",
+                run=result.run_id,
+                summary=success_summary(result),
+                details=result.to_dict(),
+            ),
+        )
+
+
+def failure_summary(result: RunResult) -> str:
+    """One line naming what failed, for alerts."""
+    if result.error:
+        return f"kvsnap run {result.run_id} failed: {result.error}"
+    failed = []
+    if result.backup:
+        failed += [
+            f"backup of {ns.namespace_title or ns.namespace_id}: {ns.error}"
+            for ns in result.backup.namespaces
+            if not ns.ok
+        ]
+    failed += [f"verify of {r.snapshot_id}" for r in result.verified if not r.ok]
+    return f"kvsnap run {result.run_id} failed: " + "; ".join(failed or ["see logs"])
+
+
+def success_summary(result: RunResult) -> str:
+    count = len(result.backup.namespaces) if result.backup else 0
+    keys = sum(ns.keys for ns in result.backup.namespaces) if result.backup else 0
+    return (
+        f"kvsnap run {result.run_id} backed up {count} namespace(s), {keys} keys, "
+        f"in {result.seconds:.1f} s"
+    )

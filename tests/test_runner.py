@@ -1,0 +1,173 @@
+"""`kvsnap run`: one pass of the policy against the emulator, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kvsnap.emulator import EmulatorServer
+from kvsnap.seed import SeedEntry
+from tests.kvtools import cloudflare_env, create_namespace, run_cli, sdk, snapshots
+from tests.webhooks import TOKEN, Receiver
+
+
+def entries(count: int, version: str = "v1") -> list[SeedEntry]:
+    return [SeedEntry(f"user/{i:04d}", f"{version} {i}".encode()) for i in range(count)]
+
+
+def write_config(tmp_path: Path, namespaces: list[str], extra: str = "") -> Path:
+    path = tmp_path / "kvsnap.toml"
+    names = ", ".join(json.dumps(name) for name in namespaces)
+    path.write_text(
+        f'repository = "{tmp_path / "repo"}"\nnamespaces = [{names}]\n{extra}'
+    )
+    return path
+
+
+def run(server: EmulatorServer, config: Path, *args: str, **env: str):
+    return run_cli(
+        ["run", "--config", str(config), *args], cloudflare_env(server, **env)
+    )
+
+
+def test_run_backs_up_verifies_and_grades(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "sessions", entries(120))
+    create_namespace(emulator, "flags", entries(5))
+    config = write_config(tmp_path, ["sessions", "flags"])
+
+    result = run(emulator, config, "--json")
+
+    assert result.code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is True
+    assert [ns["keys"] for ns in document["backup"]["namespaces"]] == [120, 5]
+    quick = [v for v in document["verified"] if not v["read_data"]]
+    assert len(quick) == 2 and all(v["ok"] for v in quick)
+    # With no full read ever done, the rotating share reads at least one.
+    assert any(v["read_data"] for v in document["verified"])
+    assert document["anomalies"] == []
+    assert document["prune"]["removed"] == []
+    levels = {
+        ns["namespace_title"]: ns["level"] for ns in document["status"]["namespaces"]
+    }
+    # No drill has run yet, which status reports as a warning.
+    assert levels == {"sessions": "warning", "flags": "warning"}
+    assert "scheduled" in snapshots(str(tmp_path / "repo"))[0].tags
+
+
+def test_run_twice_adds_one_snapshot_per_namespace(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "sessions", entries(30))
+    config = write_config(tmp_path, ["sessions"])
+
+    assert run(emulator, config).code == 0
+    second = run(emulator, config)
+
+    assert second.code == 0, second.stderr
+    assert len(snapshots(str(tmp_path / "repo"))) == 2
+    assert "backup   sessions: snapshot" in second.stdout
+    assert "finished: exit code 0" in second.stdout
+
+
+def test_run_logs_json_lines_with_the_run_id(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "sessions", entries(10))
+    config = write_config(tmp_path, ["sessions"])
+
+    result = run_cli(
+        ["--log-format", "json", "run", "--config", str(config), "--json"],
+        cloudflare_env(emulator),
+    )
+
+    assert result.code == 0, result.stderr
+    run_id = json.loads(result.stdout)["run_id"]
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines[0]["message"] == "run started"
+    assert all(line["run"] == run_id for line in lines)
+    backed_up = [line for line in lines if line["message"].startswith("backed up")]
+    assert backed_up and backed_up[0]["namespace"]
+    assert lines[-1]["duration"] >= 0
+    assert emulator.token not in result.stderr
+
+
+def test_anomaly_holds_the_previous_snapshot_and_alerts(
+    emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    namespace_id = create_namespace(emulator, "sessions", entries(100))
+    config = write_config(tmp_path, ["sessions"])
+    env = {"KVSNAP_WEBHOOK_URL": receiver.url()}
+    assert run(emulator, config, **env).code == 0
+    first = snapshots(str(tmp_path / "repo"))[0]
+    # A bad deploy overwrites 30 of the 100 keys: above the 20% default.
+    client = sdk(emulator)
+    client.kv.namespaces.bulk_update(
+        namespace_id,
+        account_id=emulator.account_id,
+        body=[{"key": f"user/{i:04d}", "value": "garbage"} for i in range(30)],
+    )
+
+    result = run(emulator, config, "--json", **env)
+
+    assert result.code == 8, result.stderr
+    document = json.loads(result.stdout)
+    [anomaly] = document["anomalies"]
+    assert anomaly["previous_id"] == first.id
+    assert anomaly["changed"] == 30
+    held = run_cli(
+        ["hold", "list", "--json", "--repo", str(tmp_path / "repo")],
+        cloudflare_env(emulator),
+    )
+    assert first.id in held.stdout
+    [event] = receiver.bodies()
+    assert event["type"] == "anomaly"
+    assert event["run"] == document["run_id"]
+    assert TOKEN not in result.stderr + result.stdout
+
+
+def test_failure_is_sent_to_the_webhook(
+    emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    create_namespace(emulator, "sessions", entries(3))
+    config = write_config(tmp_path, ["sessions", "no-such-namespace"])
+
+    result = run(emulator, config, KVSNAP_WEBHOOK_URL=receiver.url())
+
+    assert result.code == 10, result.stderr
+    assert "no-such-namespace" in result.stderr + result.stdout
+    [event] = receiver.bodies()
+    assert event["type"] == "failure"
+    assert "no-such-namespace" in event["summary"]
+    assert TOKEN not in result.stderr + result.stdout
+    assert emulator.token not in json.dumps(event)
+
+
+def test_success_is_sent_only_when_asked(
+    emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    create_namespace(emulator, "sessions", entries(3))
+    quiet = write_config(tmp_path, ["sessions"])
+    assert run(emulator, quiet, KVSNAP_WEBHOOK_URL=receiver.url()).code == 0
+    assert receiver.bodies() == []
+
+    loud = write_config(tmp_path, ["sessions"], "[notify]\non_success = true\n")
+    assert run(emulator, loud, KVSNAP_WEBHOOK_URL=receiver.url()).code == 0
+    [event] = receiver.bodies()
+    assert event["type"] == "success"
+    assert "1 namespace(s), 3 keys" in event["summary"]
+
+
+def test_run_without_namespaces_says_how_to_name_them(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "kvsnap.toml"
+    config.write_text(f'repository = "{tmp_path / "repo"}"\n')
+
+    result = run(emulator, config)
+
+    assert result.code == 10
+    assert "names no namespace" in result.stderr
+    assert "all = true" in result.stderr
