@@ -160,6 +160,33 @@ def test_success_is_sent_only_when_asked(
     assert "1 namespace(s), 3 keys" in event["summary"]
 
 
+def test_automatic_drill_runs_when_due(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "sessions", entries(40))
+    config = write_config(
+        tmp_path, ["sessions"], "[drill]\nautomatic = true\nsample = 10\n"
+    )
+
+    first = run(emulator, config, "--json")
+
+    assert first.code == 0, first.stderr
+    document = json.loads(first.stdout)
+    [drill] = document["drills"]
+    assert drill["ok"] is True
+    assert drill["stored"].startswith("reports/")
+    # With a drill on record, every target is met.
+    assert document["status"]["level"] == "ok"
+    second = run(emulator, config, "--json")
+    assert second.code == 0, second.stderr
+    assert json.loads(second.stdout)["drills"] == []
+    titles = [
+        ns.title
+        for ns in sdk(emulator).kv.namespaces.list(account_id=emulator.account_id)
+    ]
+    assert titles == ["sessions"]
+
+
 def test_run_without_namespaces_says_how_to_name_them(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:

@@ -54,7 +54,7 @@ def reasons(document: dict) -> list[str]:
     return [reason for ns in document["namespaces"] for reason in ns["reasons"]]
 
 
-def test_missing_snapshot_of_a_policy_namespace_is_a_breach(
+def test_namespace_without_snapshot_breaches(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     config = configure(tmp_path)

@@ -301,6 +301,7 @@ def _policy_entries(policy: Policy, sources: _Sources) -> list[Entry]:
         entry("drill", "every", format_duration(policy.drill_every)),
         entry("drill", "sample", policy.drill_sample),
         entry("drill", "sandbox", policy.drill_sandbox or ""),
+        entry("drill", "automatic", policy.drill_automatic),
     ]
 
     count = len(policy.webhooks)

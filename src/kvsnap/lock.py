@@ -10,7 +10,7 @@ lock; prune takes an exclusive one. Taking a lock works in three steps:
 3. on a conflict, delete our object again and wait or fail.
 
 Two processes that race for conflicting locks both see each other in step 2
-and both back off; neither goes on believing it holds the repository. The
+and both back off, so neither goes on believing it has the repository. The
 waiting side retries after a random pause, so one of them wins soon.
 
 A holder rewrites its object every `LOCK_REFRESH_SECONDS`. A lock is stale

@@ -26,15 +26,16 @@ are written as a number and a unit: `90s`, `30m`, `24h`, `30d`, `2w`.
     every = "365d"           # a drill older than this makes `status` warn
     sample = 100             # keys restored into the sandbox
     sandbox = ""             # namespace to restore into; empty creates one
+    automatic = false        # `kvsnap run` drills each namespace when due
 
     [notify]
     webhooks = []            # URLs; secrets, never printed
     format = "json"          # or "slack"
     on_success = false
 
-Webhook URLs also come from `KVSNAP_WEBHOOK_URL` (several separated by
-spaces), which is where secrets belong; the file's list is used only when
-the variable is not set.
+Webhook URLs are secrets, so they belong in `KVSNAP_WEBHOOK_URL` (several
+separated by spaces). The file's list is used only when that variable is
+not set.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class Policy:
     drill_every: timedelta = DEFAULT_DRILL_EVERY
     drill_sample: int = DEFAULT_DRILL_SAMPLE
     drill_sandbox: str | None = None
+    drill_automatic: bool = False
     webhooks: tuple[str, ...] = field(default=(), repr=False)
     webhook_format: str = "json"
     notify_on_success: bool = False
@@ -151,7 +153,12 @@ _KEYS: dict[str, dict[str, tuple[type, ...]]] = {
         "keep_yearly": (int,),
     },
     "verify": {"read_data_within": (str,), "read_data_share": (float, int)},
-    "drill": {"every": (str,), "sample": (int,), "sandbox": (str,)},
+    "drill": {
+        "every": (str,),
+        "sample": (int,),
+        "sandbox": (str,),
+        "automatic": (bool,),
+    },
     "notify": {"webhooks": (list,), "format": (str,), "on_success": (bool,)},
 }
 
@@ -255,6 +262,7 @@ def _build(tables: dict[str, dict[str, Any]], env: dict[str, str]) -> Policy:
             drill.get("sample", DEFAULT_DRILL_SAMPLE), "[drill] sample"
         ),
         drill_sandbox=drill.get("sandbox") or None,
+        drill_automatic=bool(drill.get("automatic", False)),
         webhooks=webhooks,
         webhook_format=webhook_format,
         notify_on_success=bool(notify.get("on_success", False)),

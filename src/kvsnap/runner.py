@@ -13,14 +13,16 @@ what `kvsnap daemon` repeats. The steps, in order:
 5. prune by `[retention]` under an exclusive lock; when another process
    holds the repository, prune is skipped for this run with a warning,
    because the next run prunes the same snapshots;
-6. grade every namespace (kvsnap.status).
+6. grade every namespace (kvsnap.status);
+7. with `[drill] automatic = true`, drill each namespace whose last drill
+   is older than `[drill] every` (or that never had one), then grade again.
 
 The pass is idempotent: running it twice in a row makes a second snapshot
 of each namespace and changes nothing else. Its exit code is the first
 failure among the steps: the backup's code (3 when only some namespaces
 failed), then 4 when a verify failed, then 8 when an anomaly held a
-snapshot, else 0. Failures, anomalies and (when asked) successes are sent to
-the webhooks of the policy.
+snapshot, then the exit code of a failed drill, else 0. Failures, anomalies
+and (when asked) successes are sent to the webhooks of the policy.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from kvsnap.anomaly import Anomaly, check_anomaly
 from kvsnap.backup import BackupResult, run_backup
 from kvsnap.cloudflare import open_client
 from kvsnap.config import Settings
+from kvsnap.drill import DrillOptions, DrillResult, run_drill
 from kvsnap.errors import (
     EXIT_ANOMALY,
     EXIT_OK,
@@ -84,6 +87,7 @@ class RunResult:
     verified: list[VerifyResult] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
     pruned: dict[str, Any] | None = None
+    drills: list[DrillResult] = field(default_factory=list)
     prune_skipped: str | None = None
     status: StatusReport | None = None
 
@@ -114,6 +118,16 @@ class RunResult:
             "anomalies": [dataclasses.asdict(a) for a in self.anomalies],
             "prune": self.pruned,
             "prune_skipped": self.prune_skipped,
+            "drills": [
+                {
+                    "report": d.report.id,
+                    "namespace_id": d.report.namespace_id,
+                    "ok": d.ok,
+                    "exit_code": d.exit_code,
+                    "stored": d.stored_folder,
+                }
+                for d in self.drills
+            ],
             "status": self.status.to_dict() if self.status else None,
         }
 
@@ -193,7 +207,51 @@ async def _run(
     result.status = await collect_status(
         repo, policy, expected=list(settings.namespaces)
     )
+    if policy.drill_automatic and await _drills(settings, policy, repo, result):
+        result.status = await collect_status(
+            repo, policy, expected=list(settings.namespaces)
+        )
     result.exit_code = _exit_code(result)
+
+
+def due_drills(status: StatusReport, policy: Policy) -> list[tuple[str, str]]:
+    """Return (namespace id, newest usable snapshot) of each namespace due a drill."""
+    every = policy.drill_every.total_seconds()
+    return [
+        (ns.namespace_id, ns.newest_usable)
+        for ns in status.namespaces
+        if ns.newest_usable is not None
+        and (ns.last_drill_age is None or ns.last_drill_age > every)
+    ]
+
+
+async def _drills(
+    settings: Settings, policy: Policy, repo: Repository, result: RunResult
+) -> bool:
+    """Drill every namespace that is due; return whether any drill ran."""
+    assert result.status is not None
+    due = due_drills(result.status, policy)
+    if not due:
+        return False
+    async with open_client(settings) as client:
+        for namespace_id, snapshot_id in due:
+            options = DrillOptions(
+                namespace=namespace_id,
+                snapshot=snapshot_id,
+                sandbox=policy.drill_sandbox,
+                sample=policy.drill_sample,
+                lock_wait=BACKUP_LOCK_WAIT_SECONDS,
+            )
+            drill = await run_drill(repo, client, settings, policy, options)
+            result.drills.append(drill)
+            log.info(
+                "drill %s of %s: %s",
+                drill.report.id,
+                namespace_id,
+                "PASS" if drill.ok else "FAIL",
+                extra={"namespace": namespace_id},
+            )
+    return True
 
 
 async def _check_new(repo: Repository, policy: Policy, result: RunResult) -> None:
@@ -287,7 +345,8 @@ def _exit_code(result: RunResult) -> int:
         return EXIT_VERIFY
     if result.anomalies:
         return EXIT_ANOMALY
-    return EXIT_OK
+    failed = [drill.exit_code for drill in result.drills if not drill.ok]
+    return failed[0] if failed else EXIT_OK
 
 
 async def _notify(policy: Policy, result: RunResult) -> None:
@@ -337,6 +396,11 @@ def failure_summary(result: RunResult) -> str:
             if not ns.ok
         ]
     failed += [f"verify of {r.snapshot_id}" for r in result.verified if not r.ok]
+    failed += [
+        f"restore drill {d.report.id} of {d.report.namespace_title}"
+        for d in result.drills
+        if not d.ok
+    ]
     return f"kvsnap run {result.run_id} failed: " + "; ".join(failed or ["see logs"])
 
 

@@ -201,6 +201,12 @@ def starter_file(
             "",
             "namespace a drill restores into; empty creates a new one",
         ),
+        _line(
+            "automatic",
+            False,
+            "kvsnap run drills each namespace whose last drill is older than"
+            " `every` (the token then needs write access)",
+        ),
         "",
         "[notify]",
         f"# Webhook URLs are secrets: prefer {ENV_WEBHOOK} (several separated by",

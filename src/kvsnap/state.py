@@ -1,4 +1,4 @@
-"""What kvsnap learns about snapshots after writing them: verify results and holds.
+"""Facts about snapshots that arrive after they are written: verify results, holds.
 
 Manifests never change once written, so facts that arrive later live beside
 them under `state/`, one small JSON object per snapshot:
@@ -50,7 +50,7 @@ class VerifyRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hold(msgspec.Struct, frozen=True, kw_only=True):
-    """Why a snapshot must outlive retention until someone releases it."""
+    """A reason to keep a snapshot beyond retention until someone releases it."""
 
     snapshot_id: str
     namespace_id: str

@@ -1,4 +1,4 @@
-"""Where each namespace stands against the policy: RPO, verification, drills, holds.
+"""Grades of each namespace against the policy: RPO, verification, drills, holds.
 
 `collect_status` reads the manifests, the verify records, the holds and the
 drill reports of a repository and grades each namespace:

@@ -82,6 +82,13 @@ def print_run(result: RunResult) -> None:
         )
     elif result.prune_skipped:
         _line(f"prune    skipped: {result.prune_skipped}")
+    for drill in result.drills:
+        report = drill.report
+        verdict = "PASS" if drill.ok else "FAIL"
+        _line(
+            f"drill    {report.namespace_title or report.namespace_id}: {verdict}, "
+            f"report {report.id}"
+        )
     if result.status is not None:
         print_status(result.status)
     if result.error:
