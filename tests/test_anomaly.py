@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from kvsnap.anomaly import Anomaly, check_anomaly
+from kvsnap.emulator import EmulatorServer
+from kvsnap.errors import CorruptPart
 from kvsnap.format import Manifest, PartBuilder, Record
-from kvsnap.repository import PRE_RESTORE_TAG, Repository
-from kvsnap.state import Hold, add_hold, holds
-from tests.kvtools import run_cli
+from kvsnap.repository import IMPORTED_TAG, PRE_RESTORE_TAG, Repository
+from kvsnap.seed import SeedEntry
+from kvsnap.state import Hold, add_hold, holds, record_verify
+from tests.kvtools import cloudflare_env, create_namespace, run_cli, sdk, snapshots
 from tests.test_repository import NAMESPACE, OTHER_NAMESPACE
 
 START = datetime(2025, 3, 1, 3, 0, tzinfo=UTC)
@@ -190,6 +194,234 @@ def test_existing_hold_keeps_its_reason(repo: Repository) -> None:
     new = run(store(repo, {}, 24))
     assert run(check_anomaly(repo, new, share=SHARE)) is not None
     assert run(holds(repo)) == [manual]
+
+
+# Which earlier snapshot is the baseline.
+
+
+async def fail_verify(repo: Repository, manifest: Manifest, *, read_data: bool) -> None:
+    await record_verify(
+        repo,
+        snapshot_id=manifest.id,
+        namespace_id=manifest.namespace_id,
+        read_data=read_data,
+        ok=False,
+        problems=["part 1 is corrupt"],
+    )
+
+
+async def damage_part(repo: Repository, manifest: Manifest) -> None:
+    await repo.storage.put(manifest.parts[0].path, b"not a part")
+
+
+SKIPPED_PREDECESSORS = {
+    "failed quick verify": (
+        [],
+        lambda repo, manifest: fail_verify(repo, manifest, read_data=False),
+    ),
+    "failed full read": (
+        [],
+        lambda repo, manifest: fail_verify(repo, manifest, read_data=True),
+    ),
+    "imported": ([IMPORTED_TAG], None),
+}
+
+
+@pytest.mark.parametrize("kind", SKIPPED_PREDECESSORS)
+def test_baseline_skips_predecessor(repo: Repository, kind: str) -> None:
+    tags, mark = SKIPPED_PREDECESSORS[kind]
+    before = base_records()
+    good = run(store(repo, before, 0))
+    # The skipped snapshot already lacks the keys that the new one lacks,
+    # so only a comparison with `good` finds the deletion.
+    after = changed(before, delete=50)
+    skipped = run(store(repo, after, 12, tags=tags))
+    if mark is not None:
+        run(mark(repo, skipped))
+    new = run(store(repo, after, 24))
+
+    found = run(check_anomaly(repo, new, share=SHARE))
+
+    assert found is not None
+    assert found.previous_id == good.id
+    assert found.deleted == 50
+    assert [hold.snapshot_id for hold in run(holds(repo))] == [good.id]
+
+
+def test_baseline_uses_unverified_predecessor(repo: Repository) -> None:
+    before = base_records()
+    run(store(repo, before, 0))
+    after = changed(before, delete=50)
+    middle = run(store(repo, after, 12))  # never verified, so still a baseline
+    new = run(store(repo, after, 24))
+    assert run(check_anomaly(repo, new, share=SHARE)) is None
+    assert middle.id not in {hold.snapshot_id for hold in run(holds(repo))}
+
+
+def test_damaged_predecessor_falls_back(
+    repo: Repository, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = base_records()
+    good = run(store(repo, before, 0))
+    damaged = run(store(repo, before, 12))
+    run(damage_part(repo, damaged))
+    new = run(store(repo, changed(before, delete=30), 24))
+
+    with caplog.at_level(logging.WARNING, logger="kvsnap.anomaly"):
+        found = run(check_anomaly(repo, new, share=SHARE))
+
+    assert found is not None
+    assert found.previous_id == good.id
+    assert found.deleted == 30
+    assert [hold.snapshot_id for hold in run(holds(repo))] == [good.id]
+    assert f"cannot compare with snapshot {damaged.id}" in caplog.text
+    assert "trying the next older backup" in caplog.text
+
+
+def test_only_damaged_predecessor_returns_none(
+    repo: Repository, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = base_records()
+    damaged = run(store(repo, before, 0))
+    run(damage_part(repo, damaged))
+    new = run(store(repo, {}, 24))
+
+    with caplog.at_level(logging.WARNING, logger="kvsnap.anomaly"):
+        found = run(check_anomaly(repo, new, share=SHARE))
+
+    assert found is None
+    assert run(holds(repo)) == []
+    assert f"anomaly check of snapshot {new.id} skipped" in caplog.text
+
+
+def test_damaged_new_snapshot_raises(repo: Repository) -> None:
+    before = base_records()
+    run(store(repo, before, 0))
+    new = run(store(repo, changed(before, delete=30), 24))
+    run(damage_part(repo, new))
+    with pytest.raises(CorruptPart) as caught:
+        run(check_anomaly(repo, new, share=SHARE))
+    assert caught.value.path == new.parts[0].path
+    assert run(holds(repo)) == []
+
+
+# `kvsnap backup` checks each new snapshot too.
+
+
+def seed_entries(count: int) -> list[SeedEntry]:
+    return [SeedEntry(f"user/{i:04d}", f"v1 {i}".encode()) for i in range(count)]
+
+
+def write_backup_config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "kvsnap.toml"
+    path.write_text(
+        f'repository = "{tmp_path / "repo"}"\nnamespaces = ["sessions"]\n{extra}'
+    )
+    return path
+
+
+def overwrite(emulator: EmulatorServer, namespace_id: str, count: int) -> None:
+    sdk(emulator).kv.namespaces.bulk_update(
+        namespace_id,
+        account_id=emulator.account_id,
+        body=[{"key": f"user/{i:04d}", "value": "garbage"} for i in range(count)],
+    )
+
+
+def held_ids(emulator: EmulatorServer, tmp_path: Path) -> list[str]:
+    listed = run_cli(
+        ["hold", "list", "--json", "--repo", str(tmp_path / "repo")],
+        cloudflare_env(emulator),
+    )
+    assert listed.code == 0, listed.stderr
+    return [hold["snapshot_id"] for hold in json.loads(listed.stdout)["holds"]]
+
+
+def test_backup_holds_previous_on_anomaly(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    namespace_id = create_namespace(emulator, "sessions", seed_entries(100))
+    config = write_backup_config(tmp_path)
+    env = cloudflare_env(emulator)
+    first = run_cli(["backup", "--config", str(config)], env)
+    assert first.code == 0, first.stderr
+    [clean] = snapshots(str(tmp_path / "repo"))
+    overwrite(emulator, namespace_id, 30)
+
+    second = run_cli(["backup", "--config", str(config), "--json"], env)
+
+    assert second.code == 0, second.stderr
+    document = json.loads(second.stdout)
+    assert document["ok"] is True
+    [anomaly] = document["anomalies"]
+    assert anomaly["previous_id"] == clean.id
+    assert anomaly["changed"] == 30
+    warning = next(line for line in second.stderr.splitlines() if "anomaly in" in line)
+    assert warning.startswith("warning: anomaly in sessions:")
+    assert f"snapshot {clean.id} is held" in warning
+    assert held_ids(emulator, tmp_path) == [clean.id]
+
+
+def test_backup_uses_policy_anomaly_share(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    namespace_id = create_namespace(emulator, "sessions", seed_entries(100))
+    config = write_backup_config(tmp_path, "[policy]\nanomaly_share = 0.5\n")
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "--config", str(config)], env).code == 0
+    overwrite(emulator, namespace_id, 30)
+
+    result = run_cli(["backup", "--config", str(config), "--json"], env)
+
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["anomalies"] == []
+    assert held_ids(emulator, tmp_path) == []
+
+
+def test_backup_without_anomaly_check(emulator: EmulatorServer, tmp_path: Path) -> None:
+    namespace_id = create_namespace(emulator, "sessions", seed_entries(100))
+    config = write_backup_config(tmp_path)
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "--config", str(config)], env).code == 0
+    overwrite(emulator, namespace_id, 100)
+
+    result = run_cli(
+        ["backup", "--config", str(config), "--json", "--no-anomaly-check"], env
+    )
+
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["anomalies"] == []
+    assert "anomaly" not in result.stderr
+    assert held_ids(emulator, tmp_path) == []
+
+
+def test_manual_backup_between_runs_holds(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    # A `kvsnap backup` between two runs becomes the run's baseline, so it
+    # must catch the damage itself.
+    namespace_id = create_namespace(emulator, "sessions", seed_entries(100))
+    config = write_backup_config(tmp_path)
+    env = cloudflare_env(emulator)
+    first = run_cli(["run", "--config", str(config)], env)
+    assert first.code == 0, first.stderr
+    clean = snapshots(str(tmp_path / "repo"))[-1]
+    overwrite(emulator, namespace_id, 100)
+
+    manual = run_cli(["backup", "--config", str(config)], env)
+    later = run_cli(["run", "--config", str(config), "--json"], env)
+
+    assert manual.code == 0, manual.stderr
+    assert f"snapshot {clean.id} is held" in manual.stderr
+    assert json.loads(later.stdout)["anomalies"] == []
+    assert held_ids(emulator, tmp_path) == [clean.id]
+
+
+def test_backup_help_names_anomaly_check() -> None:
+    result = run_cli(["backup", "--help"], dict(os.environ, COLUMNS="200"))
+    assert result.code == 0, result.stderr
+    assert "--no-anomaly-check" in result.stdout
+    assert "exit code 8" in result.stdout
 
 
 # The `kvsnap hold` commands.

@@ -411,3 +411,16 @@ def test_backup_invalid_tag_rejected(
 
     assert result.code == 10
     assert "--tag" in result.stderr
+
+
+def test_backup_all_leaves_out_drill_sandboxes(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    create_namespace(emulator, "app", [SeedEntry("k", b"v")])
+    create_namespace(emulator, "kvsnap-drill-0123abcd-kept", [SeedEntry("k", b"v")])
+
+    result = backup(emulator, repo, "--all")
+
+    assert result.code == 0, result.stderr
+    assert [m.namespace_title for m in snapshots(repo)] == ["app"]
+    assert "leaving out drill sandbox kvsnap-drill-0123abcd-kept" in result.stderr

@@ -146,6 +146,20 @@ def test_all_with_names_rejected() -> None:
         load_settings(env={}, all_namespaces=True, namespaces=("a",))
 
 
+def test_flag_names_replace_file_all(tmp_path: Path) -> None:
+    path = write(tmp_path / "kvsnap.toml", "all = true\n")
+    named = load_settings(config_file=path, env={}, namespaces=("sessions",))
+    assert named.namespaces == ("sessions",)
+    assert named.all_namespaces is False
+
+
+def test_flag_all_replaces_file_names(tmp_path: Path) -> None:
+    path = write(tmp_path / "kvsnap.toml", 'namespaces = ["a", "b"]\n')
+    every = load_settings(config_file=path, env={}, all_namespaces=True)
+    assert every.namespaces == ()
+    assert every.all_namespaces is True
+
+
 def test_config_folder_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read configuration file"):
         load_settings(config_file=tmp_path, env={})

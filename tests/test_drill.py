@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from kvsnap import drill as drill_module
+from kvsnap.cloudflare import open_client
+from kvsnap.config import load_settings
+from kvsnap.drill import DrillOptions, DrillResult, run_drill
 from kvsnap.emulator import EmulatorServer
 from kvsnap.emulator.faults import Fault
+from kvsnap.policy import Policy
+from kvsnap.report import DrillReport, list_reports
+from kvsnap.repository import Repository
 from kvsnap.seed import SeedEntry
 from tests.kvtools import CliResult, cloudflare_env, create_namespace, run_cli, sdk
 from tests.webhooks import TOKEN, Receiver
@@ -105,6 +119,14 @@ def test_drill_all_keys_passes(
     ]
     assert report["rto_estimate_seconds"] > 0
     assert report["rto_ok"] is True
+    assert report["rto"]["measured_in_full"] is True
+    md_file = next(p for p in out["files"] if p.endswith(".md"))
+    markdown = Path(md_file).read_text()
+    assert "scaled from the sample" not in markdown
+    assert markdown.count("(measured on every key)") == 2
+    assert "46 keys restored into a sandbox, 46 read back equal, 0 mismatched." in (
+        markdown
+    )
     assert report["rpo_ok"] is True
     assert report["sandbox"]["created"] is True
     assert report["sandbox"]["deleted"] is True
@@ -233,6 +255,28 @@ def test_drill_stale_reads_fail(tmp_path: Path, repo: str) -> None:
     assert "drill FAIL" not in result.stdout  # --json prints only the document
 
 
+def report_folders(repo: str) -> list[Path]:
+    folder = Path(repo) / "reports"
+    return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def assert_not_started(
+    result: CliResult, repo: str, out: Path, code: int, stored: int = 0
+) -> None:
+    """A drill stopped by a usage error: its code, and no report of it anywhere.
+
+    `stored` is the number of reports that earlier drills stored.
+    """
+    assert result.code == code, result.stderr
+    document = output_of(result)
+    assert document["type"] == "error"
+    assert document["exit_code"] == code
+    assert "report" not in document
+    assert "error: " in result.stderr
+    assert len(report_folders(repo)) == stored
+    assert not out.exists()
+
+
 def test_drill_rejects_source_as_sandbox(
     emulator: EmulatorServer, repo: str, tmp_path: Path
 ) -> None:
@@ -241,10 +285,8 @@ def test_drill_rejects_source_as_sandbox(
 
     result = drill(emulator, repo, tmp_path / "out", "app", "--sandbox", "app")
 
-    assert result.code == 10, result.stderr
-    report = output_of(result)["report"]
-    assert report["ok"] is False
-    assert "never writes into the namespace it tests" in report["error"]["message"]
+    assert_not_started(result, repo, tmp_path / "out", 10)
+    assert "never writes into the namespace it tests" in output_of(result)["error"]
     assert "never writes into the namespace it tests" in result.stderr
     writes = emulator.stats()["requests"]
     assert writes.get("PUT bulk", 0) == 0
@@ -259,8 +301,51 @@ def test_drill_rejects_sandbox_with_keys(
 
     result = drill(emulator, repo, tmp_path / "out", "app", "--sandbox", "scratch")
 
-    assert result.code == 10, result.stderr
+    assert_not_started(result, repo, tmp_path / "out", 10)
     assert "contains keys" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--snapshot", "abcdef12"), 22, "no snapshot"),
+        (("--sandbox", "no-such-namespace"), 10, "not found"),
+        (("--keys-from", "EMPTY"), 10, "lists no keys"),
+        (("--keys-from", "NOT_UTF8"), 10, "not valid UTF-8"),
+    ],
+)
+def test_drill_usage_error_stores_no_report(
+    emulator: EmulatorServer,
+    repo: str,
+    tmp_path: Path,
+    receiver: Receiver,
+    args: tuple[str, str],
+    code: int,
+    message: str,
+) -> None:
+    backed_up(emulator, repo)
+    files = {"EMPTY": b"\n\n", "NOT_UTF8": b"\xff\xfe\n"}
+    flag, value = args
+    if value in files:
+        path = tmp_path / "keys.txt"
+        path.write_bytes(files[value])
+        value = str(path)
+    config = tmp_path / "kvsnap.toml"
+    config.write_text("[notify]\non_success = true\n")
+    out = tmp_path / "out"
+
+    result = run_cli(
+        ["drill", "app", flag, value, "--repo", repo, "--output", str(out),
+         "--config", str(config), "--json"],
+        cloudflare_env(emulator, KVSNAP_WEBHOOK_URL=receiver.url()),
+    )  # fmt: skip
+
+    assert_not_started(result, repo, out, code)
+    assert message in output_of(result)["error"]
+    assert receiver.bodies() == []
+    assert sandbox_ids(emulator) == {}
+    status = run_cli(["reports", "--repo", repo], cloudflare_env(emulator))
+    assert "FAIL" not in status.stdout
 
 
 def test_drill_given_sandbox_emptied(
@@ -354,11 +439,99 @@ def test_drill_without_snapshot_fails(
 
     result = drill(emulator, repo, tmp_path / "out", "missing-namespace")
 
-    assert result.code == 22, result.stderr
-    report = output_of(result)["report"]
-    assert report["snapshot_id"] is None
-    assert report["error"]["type"] == "SnapshotNotFound"
+    assert_not_started(result, repo, tmp_path / "out", 22)
+    assert "no snapshot of namespace 'missing-namespace'" in result.stderr
     assert sandbox_ids(emulator) == {}
+
+
+@pytest.mark.parametrize("form", ["title:app", "id:ID"])
+def test_drill_accepts_id_and_title_forms(
+    emulator: EmulatorServer, repo: str, tmp_path: Path, form: str
+) -> None:
+    namespace_id = backed_up(emulator, repo)
+    name = form.replace("ID", namespace_id)
+
+    result = drill(emulator, repo, tmp_path / "out", name, "--sample", "3")
+
+    assert result.code == 0, result.stderr
+    report = output_of(result)["report"]
+    assert report["namespace_id"] == namespace_id
+    assert report["counts"]["checked"] == 3
+    assert f"kvsnap drill {namespace_id} --snapshot" in report["commands"][0]
+
+
+def test_drill_id_and_title_forms_match_one_field(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    namespace_id = backed_up(emulator, repo)
+    snapshot_id = output_of(
+        drill(emulator, repo, tmp_path / "a", "app", "--sample", "1")
+    )["report"]["snapshot_id"]
+
+    by_id_as_title = drill(emulator, repo, tmp_path / "b", f"title:{namespace_id}")
+    by_title_as_id = drill(
+        emulator, repo, tmp_path / "c", "id:app", "--snapshot", snapshot_id
+    )
+
+    assert_not_started(by_id_as_title, repo, tmp_path / "b", 22, stored=1)
+    assert f"no snapshot of namespace 'title:{namespace_id}'" in by_id_as_title.stderr
+    assert by_title_as_id.code == 10, by_title_as_id.stderr
+    assert "not 'id:app'" in by_title_as_id.stderr
+
+
+def test_drill_keys_from_only_missing_keys_restores_nothing(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    backed_up(emulator, repo)
+    scratch = create_namespace(emulator, "scratch")
+    keys_file = tmp_path / "keys3.txt"
+    keys_file.write_text("nope1\nnope2\n")
+    emulator.reset_stats()
+
+    result = drill(
+        emulator, repo, tmp_path / "out", "app", "--keys-from", str(keys_file),
+        "--sandbox", "scratch", "--keep",
+    )  # fmt: skip
+
+    assert result.code == 7, result.stderr
+    report = output_of(result)["report"]
+    assert emulator.stats()["requests"].get("PUT bulk", 0) == 0
+    assert keys_of(emulator, scratch) == []
+    counts = report["counts"]
+    assert (counts["selected"], counts["written"], counts["checked"]) == (0, 0, 0)
+    assert counts["named_missing"] == 2
+    assert report["mismatches"] == [
+        {"key": "nope1", "fields": ["not-in-snapshot"]},
+        {"key": "nope2", "fields": ["not-in-snapshot"]},
+    ]
+    assert report["problems"] == [
+        f"Listed keys not in the snapshot: 2. {keys_file} names them, but the "
+        "snapshot holds no such key, so they could not be restored."
+    ]
+    md_file = next(p for p in output_of(result)["files"] if p.endswith(".md"))
+    assert (
+        "0 keys restored into a sandbox, 0 read back equal, 2 listed keys not in "
+        "the snapshot." in Path(md_file).read_text()
+    )
+
+
+def test_drill_keys_from_only_missing_keys_created_sandbox(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    backed_up(emulator, repo)
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("nope1\n")
+    emulator.reset_stats()
+
+    result = drill(
+        emulator, repo, tmp_path / "out", "app", "--keys-from", str(keys_file)
+    )
+
+    assert result.code == 7, result.stderr
+    assert emulator.stats()["requests"].get("PUT bulk", 0) == 0
+    assert output_of(result)["report"]["counts"]["written"] == 0
+    assert sandbox_ids(emulator) == {}
+    assert output_of(result)["stored"] is not None
 
 
 def test_drill_listed_key_missing(
@@ -379,6 +552,10 @@ def test_drill_listed_key_missing(
     assert report["mismatches"] == [
         {"key": "not/backed/up", "fields": ["not-in-snapshot"]}
     ]
+    assert [p.split(".")[0] for p in report["problems"]] == [
+        "Listed keys not in the snapshot: 1"
+    ]
+    assert not any("sandbox does not contain" in p for p in report["problems"])
 
 
 def test_drill_missed_targets_warn(
@@ -424,3 +601,237 @@ def test_drill_empty_snapshot_fails(
     report = output_of(result)["report"]
     assert report["ok"] is False
     assert "proves nothing" in report["problems"][0]
+
+
+# Failures after the sandbox exists, run in this process so faults can be
+# injected into the drill's own code.
+
+
+async def drill_app(
+    server: EmulatorServer, repo: str, sandbox: str | None = None
+) -> DrillResult:
+    settings = load_settings(env=cloudflare_env(server), repository=repo)
+    repository = await Repository.open(repo)
+    async with open_client(settings) as client:
+        options = DrillOptions(namespace="app", sandbox=sandbox, sample=9)
+        return await run_drill(repository, client, settings, Policy(), options)
+
+
+def run_in_process(
+    server: EmulatorServer, repo: str, sandbox: str | None = None
+) -> DrillResult:
+    return asyncio.run(drill_app(server, repo, sandbox))
+
+
+def stored_reports(repo: str) -> list[DrillReport]:
+    folders = sorted((Path(repo) / "reports").iterdir())
+    return [
+        msgspec.json.decode((f / "report.json").read_bytes(), type=DrillReport)
+        for f in folders
+    ]
+
+
+def test_drill_temp_folder_failure_does_not_start(
+    emulator: EmulatorServer, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backed_up(emulator, repo)
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(drill_module.tempfile, "TemporaryDirectory", no_space)
+
+    result = run_in_process(emulator, repo)
+
+    assert result.started is False
+    assert result.exit_code == 20
+    assert result.error is not None
+    assert result.error.exit_code == 20
+    assert "No space left on device" in result.error.message
+    assert result.error.hint is not None
+    assert "TMPDIR" in result.error.hint
+    assert result.report.ok is False
+    assert result.report.sandbox is None
+    assert sandbox_ids(emulator) == {}
+    assert result.stored_folder is None
+    assert not (Path(repo) / "reports").exists()
+
+
+def fill_disk_at(monkeypatch: pytest.MonkeyPatch, marker: str) -> None:
+    """Make writing any file whose path contains `marker` fail with ENOSPC."""
+    real_write_bytes = Path.write_bytes
+
+    def write_bytes(path: Path, data: bytes) -> int:
+        if marker in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_drill_disk_full_deletes_sandbox(
+    emulator: EmulatorServer, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backed_up(emulator, repo)
+    fill_disk_at(monkeypatch, "/mirror/")
+
+    result = run_in_process(emulator, repo)
+
+    assert result.exit_code == 20
+    report = result.report
+    assert report.error is not None
+    assert "No space left on device" in report.error.message
+    assert report.error.hint is not None
+    assert "TMPDIR" in report.error.hint
+    assert report.sandbox is not None
+    assert report.sandbox.created is True
+    assert report.sandbox.deleted is True
+    assert sandbox_ids(emulator) == {}
+    assert [r.id for r in stored_reports(repo)] == [report.id]
+
+
+def test_drill_given_sandbox_emptied_after_error(
+    emulator: EmulatorServer, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backed_up(emulator, repo)
+    scratch = create_namespace(emulator, "scratch")
+
+    def unreadable_spool(path: Path) -> int:
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    # Fails after the keys were written into the sandbox.
+    monkeypatch.setattr(drill_module, "_spool_body_bytes", unreadable_spool)
+
+    result = run_in_process(emulator, repo, sandbox="scratch")
+
+    assert result.exit_code == 20
+    assert result.report.counts.written == 9
+    assert result.report.sandbox is not None
+    assert result.report.sandbox.keys_removed is True
+    assert keys_of(emulator, scratch) == []
+    assert "scratch" in namespace_titles(emulator)
+
+
+def test_drill_cancelled_deletes_sandbox(
+    emulator: EmulatorServer, repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backed_up(emulator, repo)
+    real_apply_plan = drill_module.apply_plan
+    written = asyncio.Event()
+
+    async def apply_then_hang(*args: Any, **kwargs: Any) -> Any:
+        await real_apply_plan(*args, **kwargs)
+        written.set()
+        await asyncio.sleep(120)
+
+    monkeypatch.setattr(drill_module, "apply_plan", apply_then_hang)
+
+    async def go() -> None:
+        drill_task = asyncio.create_task(drill_app(emulator, repo))
+        await asyncio.wait_for(written.wait(), 60)
+        drill_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drill_task
+
+    asyncio.run(go())
+
+    assert sandbox_ids(emulator) == {}
+    [stored] = stored_reports(repo)
+    assert stored.ok is False
+    assert stored.exit_code == 130
+    assert stored.error is not None
+    assert stored.error.type == "Interrupted"
+    assert stored.sandbox is not None
+    assert stored.sandbox.deleted is True
+
+
+def test_drill_sigterm_deletes_sandbox(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    backed_up(emulator, repo)
+    # The bulk write hangs, so SIGTERM arrives while the sandbox exists.
+    emulator.inject("PUT bulk", [Fault(status=500, delay_ms=30_000)])
+    args = ["drill", "app", "--repo", repo, "-o", str(tmp_path / "out")]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kvsnap", *args],
+        env=cloudflare_env(emulator),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not sandbox_ids(emulator) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sandbox_ids(emulator), "the drill created no sandbox within 60 s"
+        time.sleep(1.0)  # let the drill reach the hanging bulk write
+        os.kill(child.pid, signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
+    assert child.returncode == 130, stderr
+    assert sandbox_ids(emulator) == {}
+    [stored] = stored_reports(repo)
+    assert stored.ok is False
+    assert stored.error is not None
+    assert stored.error.type == "Interrupted"
+    listed = run_cli(["reports", "--repo", repo], cloudflare_env(emulator))
+    assert "FAIL" in listed.stdout
+
+
+def test_drill_consistency_wait_not_scaled(tmp_path: Path, repo: str) -> None:
+    with EmulatorServer(tmp_path / "kv") as server:
+        backed_up(server, repo)
+    # Reads lag 2 s behind writes, so the first read-back finds no key.
+    with EmulatorServer(tmp_path / "kv", stale_reads_seconds=2) as server:
+        result = drill(
+            server, repo, tmp_path / "out", "app", "--sample", "5", "--seed", "1"
+        )
+
+    assert result.code == 0, result.stderr
+    report = output_of(result)["report"]
+    assert report["counts"]["checked"] == 5
+    rto = report["rto"]
+    assert rto["consistency_wait_seconds"] >= 1.0
+    # Scaling the whole read-back by 46 / 5 keys would give over 9 s.
+    assert rto["read_back_seconds"] < rto["consistency_wait_seconds"]
+    [read_back] = [p for p in report["phases"] if p["name"] == "read_back"]
+    assert "re-reading keys that differed" in read_back["detail"]
+    assert read_back["seconds"] >= rto["consistency_wait_seconds"]
+
+
+def test_damaged_latest_report_fails_status(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    backed_up(emulator, repo)
+    config = tmp_path / "kvsnap.toml"
+    config.write_text(f'repository = "{repo}"\nnamespaces = ["app"]\n')
+    env = cloudflare_env(emulator, KVSNAP_CONFIG=str(config))
+    assert run_cli(["verify"], env).code == 0
+    first = drill(emulator, repo, tmp_path / "a", "app", "--sample", "3")
+    time.sleep(1.1)  # report folders are named to the second
+    second = drill(emulator, repo, tmp_path / "b", "app", "--sample", "3")
+    assert first.code == 0, first.stderr
+    assert second.code == 0, second.stderr
+    latest = Path(repo) / output_of(second)["stored"] / "report.json"
+    latest.write_bytes(latest.read_bytes()[:200])  # a write cut short
+
+    status = run_cli(["status", "--json"], env)
+    listed = run_cli(["reports", "--repo", repo], env)
+
+    [row] = json.loads(status.stdout)["namespaces"]
+    assert row["last_drill_ok"] is False
+    assert status.code == 2
+    latest_id = output_of(second)["report"]["id"]
+    assert any(f"({latest_id}) failed" in reason for reason in row["reasons"])
+    assert listed.code == 0, listed.stderr
+    assert "FAIL, damaged report" in listed.stdout
+    summaries = asyncio.run(_summaries(repo))
+    assert [s.ok for s in summaries] == [True, False]
+
+
+async def _summaries(repo: str) -> list[Any]:
+    return await list_reports(await Repository.open(repo))

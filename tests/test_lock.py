@@ -15,9 +15,16 @@ from pathlib import Path
 import pytest
 
 from kvsnap.emulator import EmulatorServer
-from kvsnap.errors import RepositoryLocked
+from kvsnap.errors import RepositoryError, RepositoryLocked
 from kvsnap.format import encode_json
-from kvsnap.lock import LockInfo, acquire, list_locks, lock_path, locked
+from kvsnap.lock import (
+    LockInfo,
+    acquire,
+    list_locks,
+    lock_path,
+    locked,
+    process_scope,
+)
 from kvsnap.repository import Repository, format_timestamp
 from kvsnap.seed import SeedEntry
 from tests.kvtools import cloudflare_env, create_namespace, run_cli, snapshots
@@ -49,6 +56,7 @@ async def plant_lock(
     hostname: str | None = None,
     pid: int | None = None,
     age: timedelta = timedelta(0),
+    scope: str | None = None,
 ) -> None:
     """Write a lock object as another process would have left it."""
     moment = format_timestamp(datetime.now(UTC) - age)
@@ -60,6 +68,7 @@ async def plant_lock(
         command="kvsnap backup",
         created=moment,
         refreshed=moment,
+        scope=process_scope() if scope is None else scope,
     )
     await repo.storage.put(lock_path(lock_id), encode_json(info))
 
@@ -127,6 +136,87 @@ def test_stale_by_dead_pid_is_removed_on_sight(repo_url: str) -> None:
         async with locked(repo, exclusive=True, command="kvsnap prune"):
             ids = [h.info.id for h in await list_locks(repo)]
             assert "deadbeef00000001" not in ids
+
+    run(scenario())
+
+
+def test_dead_pid_of_other_pid_namespace_blocks(repo_url: str) -> None:
+    async def scenario() -> None:
+        repo = await Repository.open(repo_url)
+        # Another container with the same host name: its pids are not ours.
+        await plant_lock(
+            repo, "deadbeef00000003", pid=dead_pid(), scope="other-boot/4026531836"
+        )
+        [held] = await list_locks(repo)
+        assert held.stale_reason is None
+        assert held.removable is False
+        with pytest.raises(RepositoryLocked):
+            await acquire(repo, exclusive=True, command="kvsnap prune")
+        assert [h.info.id for h in await list_locks(repo)] == ["deadbeef00000003"]
+
+    run(scenario())
+
+
+def test_old_lock_of_live_process_is_kept(repo_url: str) -> None:
+    async def scenario() -> None:
+        repo = await Repository.open(repo_url)
+        # A paused process, or one whose refreshes fail: alive, but late.
+        await plant_lock(
+            repo, "deadbeef00000004", pid=os.getppid(), age=timedelta(minutes=31)
+        )
+        [held] = await list_locks(repo)
+        assert held.stale_reason == "not refreshed for 31 minutes"
+        assert held.removable is False
+        with pytest.raises(RepositoryLocked):
+            await acquire(repo, exclusive=True, command="kvsnap prune")
+
+    run(scenario())
+
+
+def test_unreadable_lock_blocks_prune_only(repo_url: str) -> None:
+    async def scenario() -> None:
+        repo = await Repository.open(repo_url)
+        await repo.storage.put(lock_path("deadbeef00000005"), b'{"id": "trunc')
+        [held] = await list_locks(repo)
+        assert held.stale_reason == "its lock object is unreadable"
+        async with locked(repo, exclusive=False, command="kvsnap backup"):
+            pass
+        with pytest.raises(RepositoryLocked) as caught:
+            await acquire(repo, exclusive=True, command="kvsnap prune")
+        assert "deadbeef00000005" in caught.value.message
+
+    run(scenario())
+
+
+def test_lost_lock_stops_its_holder(repo_url: str) -> None:
+    async def scenario() -> None:
+        repo = await Repository.open(repo_url)
+        with pytest.raises(RepositoryLocked) as caught:
+            async with locked(
+                repo, exclusive=False, command="kvsnap backup", refresh_seconds=0.05
+            ) as lock:
+                await repo.storage.delete(lock.path)  # as `kvsnap unlock --all`
+                await asyncio.sleep(10)
+        assert "lock object was removed by another process" in caught.value.message
+        assert await list_locks(repo) == []
+
+    run(scenario())
+
+
+def test_failed_listing_leaves_no_lock(
+    repo_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        repo = await Repository.open(repo_url)
+
+        async def failing_list(prefix: str = "", **kwargs: object) -> None:
+            raise RepositoryError("LIST locks failed: 503 Slow Down")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(repo.storage, "list", failing_list)
+            with pytest.raises(RepositoryError):
+                await acquire(repo, exclusive=True, command="kvsnap prune")
+        assert await list_locks(repo) == []
 
     run(scenario())
 

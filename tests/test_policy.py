@@ -134,6 +134,8 @@ def test_keep_within_zero_switches_the_rule_off(tmp_path: Path) -> None:
         ),
         ("[drill]\nsample = true\n", r"\[drill\] sample = True is invalid"),
         ('[notify]\nformat = "teams"\n', "expected json or slack"),
+        ('[policy]\nschedule = "0 3 31 2 *"\n', "it never fires"),
+        ('[retention]\nkeep_within = "99999999999d"\n', "longer than 100 years"),
         ('[notify]\nwebhooks = ["ftp://x"]\n', "invalid webhook URL"),
         ('policy = "x"\n', "policy must be a table"),
     ],
@@ -145,8 +147,15 @@ def test_invalid_policy_names_the_setting(
         load_policy(write(tmp_path, text), env={})
 
 
-def test_invalid_webhook_url_is_not_echoed(tmp_path: Path) -> None:
-    path = write(tmp_path, '[notify]\nwebhooks = ["hooks.example.test/secret-9"]\n')
+@pytest.mark.parametrize(
+    "line",
+    [
+        'webhooks = ["hooks.example.test/secret-9"]',
+        'webhooks = "https://hooks.example.test/secret-9"',
+    ],
+)
+def test_invalid_webhook_url_is_not_echoed(tmp_path: Path, line: str) -> None:
+    path = write(tmp_path, f"[notify]\n{line}\n")
     with pytest.raises(ConfigError) as caught:
         load_policy(path, env={})
     assert "secret-9" not in caught.value.message

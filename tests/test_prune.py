@@ -10,11 +10,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from kvsnap.emulator import EmulatorServer
 from kvsnap.errors import RepositoryLocked, SnapshotNotFound
-from kvsnap.format import Manifest, PartBuilder, Record
+from kvsnap.format import Manifest, PartBuilder, Record, encode_json
 from kvsnap.lock import LOCKS_DIR, acquire
 from kvsnap.policy import Retention
 from kvsnap.repository import Repository, manifest_path_of
@@ -189,6 +190,31 @@ def test_prune_keeps_held_and_unreadable(repo: Repository, repo_dir: Path) -> No
     assert result.orphans_removed == []
     files = files_under(repo_dir)
     assert all(part.path in files for part in broken.parts)
+
+
+def test_prune_never_deletes_parts_of_another_snapshot(
+    repo: Repository, repo_dir: Path
+) -> None:
+    forged, victim = [run(make_snapshot(repo, days)) for days in (5, 1)]
+    # The old snapshot's manifest now lists the newest snapshot's parts.
+    rewritten = msgspec.structs.replace(forged, parts=victim.parts)
+    run(repo.storage.put(manifest_path_of(forged), encode_json(rewritten)))
+    for part in forged.parts:
+        os.utime(repo_dir / part.path, (OLD, OLD))
+
+    result = run(prune(repo, Retention(keep_within=None), dry_run=False, now=NOW))
+
+    assert result.removed == []
+    assert result.unreadable == [manifest_path_of(forged)]
+    assert result.orphans_removed == []
+    files = files_under(repo_dir)
+    assert all(part.path in files for part in victim.parts)
+    assert all(part.path in files for part in forged.parts)
+    assert len(run(read_records(repo, victim))) == len(make_records(6))
+
+
+async def read_records(repo: Repository, manifest: Manifest) -> list[Record]:
+    return [record async for record in repo.iter_records(manifest)]
 
 
 def test_prune_namespace_limits_scope(repo: Repository, repo_dir: Path) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from kvsnap.cloudflare import KvClient
+from kvsnap.cloudflare import KvClient, _BulkEntry
 from kvsnap.emulator import EmulatorServer
+from kvsnap.errors import NamespaceNotFound
 from kvsnap.format import Record
 from kvsnap.readback import Mismatch, ReadBackResult, read_back
 from tests.kvtools import create_namespace
@@ -232,3 +233,155 @@ def test_readback_in_batches_of_100(
 
     assert result.verified == 250
     assert emulator.stats()["requests"] == {"POST bulk/get": 3}
+
+
+# -- concurrent batches ------------------------------------------------------------
+
+
+class RecordingClient:
+    """A stand-in KvClient whose bulk gets count how many run at once.
+
+    `stored` contains the values it serves; batch number `n` (in call order)
+    waits `delays[n]` event-loop turns, so later batches can finish first.
+    """
+
+    def __init__(
+        self, stored: dict[str, str], concurrency: int, delays: list[int]
+    ) -> None:
+        self.stored = stored
+        self.concurrency = concurrency
+        self.delays = delays
+        self.calls = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def bulk_get_text(self, namespace_id: str, names: list[str]) -> Any:
+        turns = self.delays[self.calls % len(self.delays)]
+        self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return {
+                name: _BulkEntry(value=self.stored[name])
+                for name in names
+                if name in self.stored
+            }
+        finally:
+            self.in_flight -= 1
+
+
+def test_readback_batches_run_concurrently_in_order(fake_time: FakeTime) -> None:
+    records = [Record(f"k{i:04d}", f"v{i}") for i in range(1000)]
+    stored = {record.key: record.value for record in records}
+    # One key of every batch differs, one is missing.
+    for batch in range(10):
+        stored[f"k{batch * 100 + 7:04d}"] = "changed"
+        del stored[f"k{batch * 100 + 42:04d}"]
+    # The first batches are the slowest, so batches finish out of order.
+    client = RecordingClient(stored, concurrency=4, delays=[9, 7, 5, 3, 1])
+
+    result = asyncio.run(
+        read_back(
+            client,  # type: ignore[arg-type]
+            "ns",
+            iter(records),
+            window_seconds=0,
+            clock=fake_time.clock,
+            sleep=fake_time.sleep,
+        )
+    )
+
+    assert client.calls == 10
+    assert client.max_in_flight == 4  # never more than the client's concurrency
+    assert result.verified == 980
+    expected = []
+    for batch in range(10):
+        expected.append(Mismatch(f"k{batch * 100 + 7:04d}", ("value",)))
+        expected.append(Mismatch(f"k{batch * 100 + 42:04d}", ("missing",)))
+    assert result.mismatched == expected  # the input order, not the finishing order
+
+
+def test_readback_rereads_run_concurrently(fake_time: FakeTime) -> None:
+    records = [Record(f"k{i:04d}", "v") for i in range(600)]
+    client = RecordingClient({}, concurrency=3, delays=[2])
+
+    result = asyncio.run(
+        read_back(
+            client,  # type: ignore[arg-type]
+            "ns",
+            records,
+            window_seconds=1.0,
+            clock=fake_time.clock,
+            sleep=fake_time.sleep,
+        )
+    )
+
+    assert result.rounds == 2
+    assert client.calls == 12  # 6 batches, read twice
+    assert client.max_in_flight == 3
+    assert [m.key for m in result.mismatched] == [r.key for r in records]
+
+
+def test_readback_failed_batch_stops_the_others(fake_time: FakeTime) -> None:
+    class FailingClient(RecordingClient):
+        async def bulk_get_text(self, namespace_id: str, names: list[str]) -> Any:
+            if self.calls == 2:
+                self.calls += 1
+                raise NamespaceNotFound("namespace ns is gone")
+            return await super().bulk_get_text(namespace_id, names)
+
+    records = [Record(f"k{i:04d}", "v") for i in range(1000)]
+    client = FailingClient({}, concurrency=4, delays=[50])
+
+    with pytest.raises(NamespaceNotFound):
+        asyncio.run(read_back(client, "ns", records, window_seconds=0))  # type: ignore[arg-type]
+
+    assert client.in_flight == 0  # the other batches were cancelled
+    assert client.calls < 10
+
+
+def test_readback_bulk_gets_overlap_against_emulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With API latency, several bulk gets of one read-back are in flight at once."""
+    in_flight = 0
+    max_in_flight = 0
+    real_bulk_get = KvClient.bulk_get_text
+
+    async def counting_bulk_get(
+        self: KvClient, namespace_id: str, names: list[str]
+    ) -> Any:
+        nonlocal in_flight, max_in_flight
+        in_flight += 1
+        max_in_flight = max(max_in_flight, in_flight)
+        try:
+            return await real_bulk_get(self, namespace_id, names)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(KvClient, "bulk_get_text", counting_bulk_get)
+    with EmulatorServer(tmp_path / "slow", latency_ms=(40.0, 40.0), seed=3) as server:
+        namespace_id = create_namespace(server, "slow")
+        records = [Record(f"k{i:04d}", f"v{i}") for i in range(800)]
+        write(server, namespace_id, records)
+        server.reset_stats()
+
+        async def main() -> ReadBackResult:
+            async with KvClient(
+                api_token=server.token,
+                account_id=server.account_id,
+                base_url=server.base_url,
+                concurrency=4,
+            ) as client:
+                return await read_back(
+                    client, namespace_id, iter(records), window_seconds=0
+                )
+
+        result = asyncio.run(main())
+
+        assert server.stats()["requests"] == {"POST bulk/get": 8}
+    assert result.verified == 800
+    assert result.mismatched == []
+    assert max_in_flight == 4  # the client's concurrency, not one at a time

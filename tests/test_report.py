@@ -20,10 +20,12 @@ from kvsnap.report import (
     MismatchEntry,
     Phase,
     ReportSummary,
+    RtoEstimate,
     SandboxInfo,
     SnapshotInfo,
     find_report,
     format_seconds,
+    headline,
     list_reports,
     read_report,
     render_html,
@@ -129,7 +131,10 @@ def test_markdown_pass_content() -> None:
     text = render_markdown(make_report())
 
     assert text.startswith("# Restore drill: PASS\n")
-    assert "100 of 100 keys restored into a sandbox and read back equal" in text
+    assert (
+        "**100 keys restored into a sandbox, 100 read back equal, 0 mismatched.**"
+        in text
+    )
     assert "| Run by | ops@backup\\-1 |" not in text  # hyphens are not escaped
     assert "| Run by | ops@backup-1 |" in text
     assert "| RPO (age of the snapshot) | 6 h 30 min | 24 h | met |" in text
@@ -246,16 +251,71 @@ def test_store_list_find_read(tmp_path: Path) -> None:
     assert (tmp_path / "repo/reports/2026-03-01T093000Z-0a1b2c3d/report.md").is_file()
 
 
-def test_list_skips_broken_report(tmp_path: Path) -> None:
+DAMAGED_FOLDER = "reports/2026-03-05T000000Z-deadbeef"
+
+
+def list_with_damaged(tmp_path: Path, damaged: dict[str, bytes]) -> list[ReportSummary]:
+    """Store a passing report, then `damaged` files in a later report folder."""
+
     async def scenario() -> list[ReportSummary]:
         repo = await Repository.init(str(tmp_path / "repo"))
         await store_report(repo, make_report())
-        await repo.storage.put(
-            "reports/2026-03-05T000000Z-deadbeef/report.json", b"{not json"
-        )
+        for name, data in damaged.items():
+            await repo.storage.put(f"{DAMAGED_FOLDER}/{name}", data)
         return await list_reports(repo)
 
-    assert [s.id for s in asyncio.run(scenario())] == ["0a1b2c3d"]
+    return asyncio.run(scenario())
+
+
+def test_list_damaged_report_fails(tmp_path: Path) -> None:
+    later = make_report(id="deadbeef", created="2026-03-05T00:00:00.000Z")
+    data = render_json(later)
+    truncated = data[: data.index(b'"tool_version"')]  # a write cut short
+
+    summaries = list_with_damaged(tmp_path, {"report.json": truncated})
+
+    assert [s.id for s in summaries] == ["0a1b2c3d", "deadbeef"]
+    damaged = summaries[-1]
+    assert b'"ok": true' in truncated
+    assert damaged.ok is False
+    assert damaged.kind == "drill"
+    assert damaged.created == "2026-03-05T00:00:00.000Z"
+    assert damaged.namespace_id == "2e007cde689b4564a1ca60227e42da17"
+    assert damaged.namespace_title == "auth-state"  # kvsnap reports marks it
+    assert damaged.snapshot_id is None
+    assert damaged.rto_ok is None
+    assert damaged.damaged is not None
+    assert summaries[0].damaged is None
+
+
+def test_list_damaged_report_namespace_from_markdown(tmp_path: Path) -> None:
+    later = make_report(id="deadbeef", created="2026-03-05T00:00:00.000Z")
+    files = {
+        "report.json": b"\x00" * 64,
+        "report.md": render_markdown(later).encode(),
+    }
+
+    [_, damaged] = list_with_damaged(tmp_path, files)
+
+    assert damaged.ok is False
+    assert damaged.namespace_id == "2e007cde689b4564a1ca60227e42da17"
+    assert damaged.namespace_title == "2e007cde689b4564a1ca60227e42da17"
+
+
+def test_list_damaged_report_without_namespace(tmp_path: Path) -> None:
+    [_, damaged] = list_with_damaged(tmp_path, {"report.json": b"{not json"})
+
+    assert damaged.id == "deadbeef"
+    assert damaged.ok is False
+    assert damaged.namespace_id == ""
+    assert damaged.namespace_title == "unknown namespace"
+
+
+def test_list_report_of_wrong_shape_is_damaged(tmp_path: Path) -> None:
+    [_, damaged] = list_with_damaged(tmp_path, {"report.json": b'{"ok": true}'})
+
+    assert damaged.ok is False
+    assert damaged.damaged is not None
 
 
 def test_write_report_files_names(tmp_path: Path) -> None:
@@ -341,6 +401,113 @@ def test_estimate_rto_budget_floor() -> None:
     assert estimate is not None
     assert estimate.api_budget_seconds == (11_102 - 1) // 100 * 60
     assert estimate.seconds == pytest.approx(50 + estimate.api_budget_seconds)
+
+
+def test_estimate_rto_adds_consistency_wait_once() -> None:
+    # One key of 100 stayed stale for 7 s: the wait is KV propagation time,
+    # which does not grow with the number of keys restored.
+    slow = measurements(read_back_seconds=0.05, consistency_wait_seconds=7.0)
+
+    estimate = estimate_rto(slow, (1200, 300.0))
+
+    assert estimate is not None
+    assert estimate.read_back_seconds == pytest.approx(500)
+    assert estimate.consistency_wait_seconds == pytest.approx(7.0)
+    assert estimate.seconds == pytest.approx(40 + 10 + 10_000 + 500 + 7)
+
+
+def test_rto_table_shows_consistency_wait() -> None:
+    rto = RtoEstimate(
+        seconds=1557.0,
+        download_seconds=40.0,
+        validate_seconds=10.0,
+        write_seconds=1000.0,
+        read_back_seconds=500.0,
+        consistency_wait_seconds=7.0,
+        api_budget_seconds=0.0,
+        keys=1_000_000,
+        body_bytes=2_000_000_000,
+        write_requests=100,
+        read_requests=10_000,
+        rate_limit_requests=1200,
+        rate_limit_window_seconds=300.0,
+    )
+    report = make_report(rto=rto)
+
+    markdown, page = render_markdown(report), render_html(report)
+
+    assert "| Read back 1,000,000 keys once in 10,000 requests" in markdown
+    assert "(scaled from the sample) | 8 min 20 s |" in markdown
+    assert "caught up (measured, not scaled) | 7.0 s |" in markdown
+    assert '(measured, not scaled)</td><td class="num">7.0 s</td>' in page
+
+
+def test_estimate_rto_of_every_key_is_measured() -> None:
+    # --all: the drill wrote and read back every restorable key.
+    whole = measurements(
+        eligible_keys=100, full_body_bytes=100_400, full_write_requests=1
+    )
+
+    estimate = estimate_rto(whole, (1200, 300.0))
+
+    assert estimate is not None
+    assert estimate.measured_in_full is True
+    assert estimate.write_seconds == 0.5  # as measured, not scaled by bytes
+    assert estimate.read_back_seconds == 0.2
+    rows = render_markdown(make_report(rto=estimate))
+    assert "(measured on every key) | 500 ms |" in rows
+    assert "(measured on every key) | 200 ms |" in rows
+    assert "scaled from the sample" not in rows
+
+
+def test_estimate_rto_of_a_sample_is_scaled() -> None:
+    estimate = estimate_rto(measurements(), (1200, 300.0))
+
+    assert estimate is not None
+    assert estimate.measured_in_full is False
+    assert (
+        render_markdown(make_report(rto=estimate)).count("(scaled from the sample)")
+        == 2
+    )
+
+
+def test_headline_counts_restored_equal_and_mismatched() -> None:
+    counts = Counts(selected=5, written=5, checked=4, mismatched=1)
+
+    text = headline(make_report(ok=False, counts=counts))
+
+    assert text == "5 keys restored into a sandbox, 4 read back equal, 1 mismatched."
+
+
+def test_headline_names_keys_missing_from_snapshot() -> None:
+    counts = Counts(written=1, checked=1, mismatched=2, named_missing=2)
+    report = make_report(ok=False, counts=counts, mode="keys-from")
+
+    text = headline(report)
+    markdown = render_markdown(report)
+
+    assert text == (
+        "1 key restored into a sandbox, 1 read back equal, 2 listed keys not in "
+        "the snapshot."
+    )
+    assert "| Read back different | 0 |" in markdown
+    assert "| Listed keys missing from the snapshot | 2 |" in markdown
+    assert "of which 2 listed but not in the snapshot" in render_html(report)
+
+
+def test_old_rto_estimate_decodes() -> None:
+    report = make_report(
+        rto=estimate_rto(measurements(), (1200, 300.0)),
+    )
+    document = msgspec.json.decode(render_json(report))
+    del document["rto"]["consistency_wait_seconds"]
+    del document["rto"]["measured_in_full"]
+
+    decoded = msgspec.json.decode(msgspec.json.encode(document), type=DrillReport)
+
+    assert decoded.rto is not None
+    assert decoded.rto.consistency_wait_seconds == 0.0
+    assert decoded.rto.measured_in_full is False
 
 
 def test_estimate_rto_needs_writes() -> None:

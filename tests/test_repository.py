@@ -514,6 +514,54 @@ def test_manifest_with_wrong_id_is_rejected(tmp_path: Path) -> None:
         run(repo.resolve(manifest.id))
 
 
+# Paths of part 1 that a damaged or forged manifest of the snapshot
+# written at STARTED might list. Only its own folder is allowed.
+FOREIGN_PART_PATHS = {
+    "other snapshot": f"data/{NAMESPACE}/2025-03-01/ffffffffffffffff/000001.jsonl.zst",
+    "other day": f"data/{NAMESPACE}/2025-03-02/{{id}}/000001.jsonl.zst",
+    "other namespace": f"data/{OTHER_NAMESPACE}/2025-03-01/{{id}}/000001.jsonl.zst",
+    "subfolder": f"data/{NAMESPACE}/2025-03-01/{{id}}/sub/000001.jsonl.zst",
+    "outside data": "locks/000001.jsonl.zst",
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_PART_PATHS)
+def test_manifest_with_foreign_part_is_rejected(tmp_path: Path, case: str) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, [make_records(1)]))
+    [part] = manifest.parts
+    foreign = FOREIGN_PART_PATHS[case].format(id=manifest.id)
+    forged = msgspec.structs.replace(
+        manifest, parts=[msgspec.structs.replace(part, path=foreign)]
+    )
+    run(repo.storage.put(manifest_path_of(manifest), encode_json(forged)))
+
+    manifests, unreadable = run(repo.scan_snapshots())
+
+    assert manifests == []
+    [item] = unreadable
+    assert item.reason == (
+        f"part 1 path {foreign!r} is outside the snapshot's folder"
+        f" data/{NAMESPACE}/2025-03-01/{manifest.id}/"
+    )
+
+
+def test_manifest_with_other_read_start_is_rejected(tmp_path: Path) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    manifest = run(write_snapshot(repo, [make_records(1)]))
+    moved = "2025-03-01T05:00:00.000Z"
+    forged = msgspec.structs.replace(manifest, read_started=moved)
+    run(repo.storage.put(manifest_path_of(manifest), encode_json(forged)))
+
+    manifests, unreadable = run(repo.scan_snapshots())
+
+    assert manifests == []
+    [item] = unreadable
+    assert item.reason.startswith(
+        f"its name does not match its read start {moved} (expected"
+    )
+
+
 def truncate_manifest(repo: Repository, manifest: Manifest) -> str:
     """Cut a stored manifest to half its length; return its object path."""
     path = manifest_path_of(manifest)

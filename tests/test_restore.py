@@ -211,6 +211,26 @@ def test_restore_max_writes_cap(emulator: EmulatorServer, repo: str) -> None:
     assert "--max-writes 1" in result.stderr
 
 
+def test_restore_rejects_empty_keys_file(
+    emulator: EmulatorServer, repo: str, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "users", [SeedEntry("k", b"v")])
+    env = cloudflare_env(emulator)
+    assert run_cli(["backup", "users", "--repo", repo], env).code == 0
+    # What `kvsnap diff --keys-only` writes when nothing changed.
+    keys_file = tmp_path / "no-keys.txt"
+    keys_file.write_text("")
+    emulator.reset_stats()
+
+    result = restore(
+        emulator, repo, "latest@users", "--keys-from", str(keys_file), "--dry-run"
+    )
+
+    assert result.code == 10
+    assert "lists no key" in result.stderr
+    assert emulator.stats()["requests"].get("PUT bulk", 0) == 0
+
+
 def test_restore_corrupted_keys_from_diff(
     emulator: EmulatorServer, repo: str, tmp_path: Path
 ) -> None:

@@ -9,8 +9,11 @@ import pytest
 
 from kvsnap.format import Manifest
 from kvsnap.policy import Retention
-from kvsnap.repository import PRE_RESTORE_TAG, format_timestamp
+from kvsnap.repository import IMPORTED_TAG, PRE_RESTORE_TAG, format_timestamp
 from kvsnap.retention import (
+    FUTURE_TOLERANCE,
+    REASON_FUTURE,
+    REASON_NEWEST_PRE_RESTORE,
     REASON_NEWEST_UNVERIFIED,
     REASON_NEWEST_VERIFIED,
     PrunePlan,
@@ -194,44 +197,6 @@ def test_plan_lists_oldest_first() -> None:
     assert [m.id for m, _reasons in plan.keep] == [m.id for m in manifests[-5:]]
 
 
-def test_keep_within_one_second_past_boundary() -> None:
-    manifests = daily(CALENDAR_DAYS)
-    plan = plan_prune(
-        manifests,
-        Retention(keep_within=timedelta(days=30)),
-        now=NOW + timedelta(seconds=1),
-        verified=passed(manifests),
-        held=set(),
-    )
-    assert kept_days(plan)[0] == date(2025, 1, 5)
-    assert len(plan.keep) == 30
-
-
-def test_keep_within_counts_from_now_not_newest() -> None:
-    manifests = daily(CALENDAR_DAYS)
-    plan = plan_prune(
-        manifests,
-        Retention(keep_within=timedelta(days=30)),
-        now=NOW + timedelta(days=100),
-        verified=passed(manifests),
-        held=set(),
-    )
-    assert kept_days(plan) == [NEWEST_DAY]
-    assert plan.keep[0][1] == [REASON_NEWEST_VERIFIED]
-
-
-def test_future_snapshot_is_within() -> None:
-    manifests = [snapshot(NOW + timedelta(hours=3))]
-    plan = plan_prune(
-        manifests,
-        Retention(keep_within=timedelta(days=1)),
-        now=NOW,
-        verified={},
-        held=set(),
-    )
-    assert plan.keep[0][1] == ["within 1d", REASON_NEWEST_UNVERIFIED]
-
-
 def test_calendar_gaps_do_not_use_slots() -> None:
     # Snapshots on 1, 2, 10 and 20 January and in March: no February.
     days = [date(2025, 1, 1), date(2025, 1, 2), date(2025, 1, 10), date(2025, 1, 20)]
@@ -296,11 +261,12 @@ def test_namespaces_are_pruned_separately() -> None:
     kept_a = [m for m, _r in plan.keep if m.namespace_id == NS_A]
     kept_b = [m for m, reasons in plan.keep if m.namespace_id == NS_B]
     assert len(kept_a) == 10
-    assert [m.id for m in kept_b] == [m.id for m in b[-2:]]
+    # B's window ends at its own newest snapshot: its last 31 days stay.
+    assert [m.id for m in kept_b] == [m.id for m in b[-31:]]
     assert {m.namespace_id for m in plan.remove} == {NS_B}
-    assert len(plan.remove) == 98
+    assert len(plan.remove) == 69
     # Keep lists are grouped by namespace id.
-    assert [m.namespace_id for m, _r in plan.keep] == [NS_A] * 10 + [NS_B] * 2
+    assert [m.namespace_id for m, _r in plan.keep] == [NS_A] * 10 + [NS_B] * 31
 
 
 def test_held_snapshot_outlives_rules() -> None:
@@ -366,32 +332,287 @@ def test_verified_rule_per_namespace() -> None:
     }
 
 
-def test_pre_restore_never_counts_as_verified_copy() -> None:
-    backups = daily(CALENDAR_DAYS[-3:-1])
-    pre_restore = snapshot(at(NEWEST_DAY, 9), tags=[PRE_RESTORE_TAG])
-    manifests = [*backups, pre_restore]
-    plan = plan_prune(
-        manifests, NO_RULES, now=NOW, verified=passed(manifests), held=set()
-    )
-    assert [m.id for m, _r in plan.keep] == [backups[-1].id]
-    assert pre_restore in plan.remove
+# Scenarios over a few named snapshots of one namespace. Every snapshot
+# passed verify unless a scenario lists it in `failed` or `unverified`, and
+# a snapshot missing from `kept` must be removed.
+
+PRE = [PRE_RESTORE_TAG]
+IMPORTED = [IMPORTED_TAG]
+WITHIN_30D = "within 30d"
+DAY = timedelta(days=1)
 
 
-def test_pre_restore_follows_rules_like_backups() -> None:
-    backups = daily(CALENDAR_DAYS[-3:-1])
-    pre_restore = snapshot(at(NEWEST_DAY, 9), tags=[PRE_RESTORE_TAG])
-    manifests = [*backups, pre_restore]
-    plan = plan_prune(
-        manifests,
+@dataclass
+class Scenario:
+    name: str
+    snapshots: dict[str, tuple[datetime, list[str]]]
+    retention: Retention
+    kept: dict[str, list[str]]
+    now: datetime = NOW
+    failed: tuple[str, ...] = ()
+    unverified: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
+
+
+def backup(moment: datetime) -> tuple[datetime, list[str]]:
+    return moment, []
+
+
+FUTURE_SCENARIOS = [
+    Scenario(
+        "future snapshot takes no keep_last or daily slot",
+        {
+            "old": backup(NOW - DAY),
+            "new": backup(NOW),
+            "skewed": backup(NOW + 400 * DAY),
+        },
+        Retention(keep_within=None, keep_last=1, keep_daily=1),
+        {
+            "new": ["last 1", "daily 1", REASON_NEWEST_VERIFIED],
+            "skewed": [REASON_FUTURE],
+        },
+    ),
+    Scenario(
+        "future snapshot does not move the keep_within window",
+        {
+            "two days": backup(NOW - 2 * DAY),
+            "half day": backup(NOW - DAY / 2),
+            "skewed": backup(NOW + timedelta(hours=3)),
+        },
+        Retention(keep_within=DAY),
+        {
+            "half day": ["within 1d", REASON_NEWEST_VERIFIED],
+            "skewed": [REASON_FUTURE],
+        },
+    ),
+    Scenario(
+        "future snapshot never is the newest verified",
+        {"failed": backup(NOW - DAY), "skewed": backup(NOW + 10 * DAY)},
+        NO_RULES,
+        {"failed": [REASON_NEWEST_UNVERIFIED], "skewed": [REASON_FUTURE]},
+        failed=("failed",),
+    ),
+    Scenario(
+        "snapshot at the tolerance is not in the future",
+        {
+            "at tolerance": backup(NOW + FUTURE_TOLERANCE),
+            "past tolerance": backup(NOW + FUTURE_TOLERANCE + timedelta(seconds=1)),
+        },
+        Retention(keep_within=DAY, keep_last=1),
+        {
+            "at tolerance": ["within 1d", "last 1", REASON_NEWEST_VERIFIED],
+            "past tolerance": [REASON_FUTURE],
+        },
+    ),
+    Scenario(
+        "only future snapshots are all kept",
+        {"a": backup(NOW + 2 * DAY), "b": backup(NOW + 3 * DAY)},
+        Retention(keep_within=None, keep_last=1),
+        {"a": [REASON_FUTURE], "b": [REASON_FUTURE]},
+    ),
+    Scenario(
+        "held future snapshot lists both reasons",
+        {"new": backup(NOW), "skewed": backup(NOW + DAY)},
+        NO_RULES,
+        {"new": [REASON_NEWEST_VERIFIED], "skewed": [REASON_FUTURE, "held"]},
+        held=("skewed",),
+    ),
+]
+
+# 30 daily snapshots, the newest one day before NOW.
+MONTH = {f"day -{n}": backup(NOW - n * DAY) for n in range(30, 0, -1)}
+
+KEEP_WITHIN_SCENARIOS = [
+    Scenario(
+        "clock 60 days ahead keeps the window",
+        MONTH,
+        Retention(keep_within=30 * DAY, keep_monthly=12),
+        {
+            **{label: [WITHIN_30D] for label in MONTH},
+            "day -1": [WITHIN_30D, "monthly 1", REASON_NEWEST_VERIFIED],
+            "day -3": [WITHIN_30D, "monthly 2"],
+        },
+        now=NOW + 60 * DAY,
+    ),
+    Scenario(
+        "window ends at newest snapshot, boundary included",
+        {
+            "boundary": backup(NOW - 31 * DAY),
+            "past boundary": backup(NOW - 31 * DAY - timedelta(seconds=1)),
+            "newest": backup(NOW - DAY),
+        },
+        Retention(keep_within=30 * DAY),
+        {
+            "boundary": [WITHIN_30D],
+            "newest": [WITHIN_30D, REASON_NEWEST_VERIFIED],
+        },
+        now=NOW + 100 * DAY,
+    ),
+    Scenario(
+        "window ends at now when newest is later",
+        {
+            "boundary": backup(NOW - 30 * DAY),
+            "past boundary": backup(NOW - 30 * DAY - timedelta(seconds=1)),
+            "newest": backup(NOW + timedelta(minutes=2)),
+        },
+        Retention(keep_within=30 * DAY),
+        {
+            "boundary": [WITHIN_30D],
+            "newest": [WITHIN_30D, REASON_NEWEST_VERIFIED],
+        },
+    ),
+]
+
+PROTECTION_SCENARIOS = [
+    Scenario(
+        "import does not take the protection from backups",
+        {
+            "backup -3": backup(NOW - 3 * DAY),
+            "backup -2": backup(NOW - 2 * DAY),
+            "import": (NOW - DAY, IMPORTED),
+        },
+        NO_RULES,
+        {"backup -2": [REASON_NEWEST_VERIFIED]},
+    ),
+    Scenario(
+        "import is protected when no backup passed",
+        {"backup": backup(NOW - 2 * DAY), "import": (NOW - DAY, IMPORTED)},
+        NO_RULES,
+        {"import": [REASON_NEWEST_VERIFIED]},
+        failed=("backup",),
+    ),
+    Scenario(
+        "import is protected in a namespace of imports",
+        {"old": (NOW - 2 * DAY, IMPORTED), "new": (NOW - DAY, IMPORTED)},
+        NO_RULES,
+        {"new": [REASON_NEWEST_VERIFIED]},
+    ),
+    Scenario(
+        "unverified backup comes before unverified import",
+        {"backup": backup(NOW - 2 * DAY), "import": (NOW - DAY, IMPORTED)},
+        NO_RULES,
+        {"backup": [REASON_NEWEST_UNVERIFIED]},
+        unverified=("backup", "import"),
+    ),
+    Scenario(
+        "import follows the calendar rules",
+        {"backup": backup(NOW - 2 * DAY), "import": (NOW - DAY, IMPORTED)},
+        Retention(keep_within=None, keep_last=1),
+        {"backup": [REASON_NEWEST_VERIFIED], "import": ["last 1"]},
+    ),
+    Scenario(
+        "pre-restore is never the verified copy",
+        {
+            "backup -2": backup(NOW - 2 * DAY),
+            "backup -1": backup(NOW - DAY),
+            "pre-restore": (NOW - timedelta(hours=1), PRE),
+        },
+        NO_RULES,
+        {
+            "backup -1": [REASON_NEWEST_VERIFIED],
+            "pre-restore": [REASON_NEWEST_PRE_RESTORE],
+        },
+    ),
+    Scenario(
+        "pre-restore takes no daily slot",
+        {
+            "backup -3": backup(NOW - 3 * DAY - timedelta(hours=10)),
+            "pre-restore -3": (NOW - 3 * DAY - timedelta(hours=1), PRE),
+            "backup -2": backup(NOW - 2 * DAY - timedelta(hours=10)),
+            "pre-restore -2": (NOW - 2 * DAY - timedelta(hours=1), PRE),
+            "backup -1": backup(NOW - DAY - timedelta(hours=10)),
+            "backup": backup(NOW - timedelta(hours=10)),
+        },
+        Retention(keep_within=None, keep_daily=7),
+        {
+            "backup -3": ["daily 4"],
+            "backup -2": ["daily 3"],
+            "pre-restore -2": [REASON_NEWEST_PRE_RESTORE],
+            "backup -1": ["daily 2"],
+            "backup": ["daily 1", REASON_NEWEST_VERIFIED],
+        },
+    ),
+    Scenario(
+        "pre-restore takes no keep_last slot",
+        {
+            "backup -2": backup(NOW - 2 * DAY),
+            "backup -1": backup(NOW - DAY),
+            "pre-restore": (NOW - timedelta(hours=1), PRE),
+        },
         Retention(keep_within=None, keep_last=2),
-        now=NOW,
-        verified=passed(manifests),
-        held=set(),
+        {
+            "backup -2": ["last 2"],
+            "backup -1": ["last 1", REASON_NEWEST_VERIFIED],
+            "pre-restore": [REASON_NEWEST_PRE_RESTORE],
+        },
+    ),
+    Scenario(
+        "older pre-restore stays by keep_within or hold",
+        {
+            "backup": backup(NOW - 3 * DAY),
+            "pre-restore -40": (NOW - 40 * DAY, PRE),
+            "pre-restore -35": (NOW - 35 * DAY, PRE),
+            "pre-restore -20": (NOW - 20 * DAY, PRE),
+            "pre-restore -10": (NOW - 10 * DAY, PRE),
+            "pre-restore -1": (NOW - DAY, PRE),
+        },
+        Retention(keep_within=30 * DAY, keep_last=10),
+        {
+            "backup": [WITHIN_30D, "last 1", REASON_NEWEST_VERIFIED],
+            "pre-restore -40": ["held"],
+            "pre-restore -20": [WITHIN_30D],
+            "pre-restore -10": [WITHIN_30D],
+            "pre-restore -1": [WITHIN_30D, REASON_NEWEST_PRE_RESTORE],
+        },
+        held=("pre-restore -40",),
+    ),
+    Scenario(
+        "namespace of pre-restores keeps the newest",
+        {"old": (NOW - 2 * DAY, PRE), "new": (NOW - DAY, PRE)},
+        Retention(keep_within=None, keep_last=3),
+        {"new": [REASON_NEWEST_PRE_RESTORE]},
+    ),
+]
+
+
+def check_scenario(scenario: Scenario) -> None:
+    made = {
+        label: snapshot(moment, tags=tags)
+        for label, (moment, tags) in scenario.snapshots.items()
+    }
+    label_of = {manifest.id: label for label, manifest in made.items()}
+    assert len(label_of) == len(made), "two snapshots share an id"
+    verified = {
+        manifest.id: record(manifest, ok=label not in scenario.failed)
+        for label, manifest in made.items()
+        if label not in scenario.unverified
+    }
+    plan = plan_prune(
+        list(made.values()),
+        scenario.retention,
+        now=scenario.now,
+        verified=verified,
+        held={made[label].id for label in scenario.held},
     )
-    reasons = dict((m.id, r) for m, r in plan.keep)
-    assert reasons[pre_restore.id] == ["last 1"]
-    assert reasons[backups[-1].id] == ["last 2", REASON_NEWEST_VERIFIED]
-    assert plan.remove == [backups[0]]
+    kept = {label_of[manifest.id]: reasons for manifest, reasons in plan.keep}
+    removed = {label_of[manifest.id] for manifest in plan.remove}
+    assert kept == scenario.kept
+    assert removed == set(made) - set(scenario.kept)
+
+
+@pytest.mark.parametrize("scenario", FUTURE_SCENARIOS, ids=lambda s: s.name)
+def test_plan_future_snapshots(scenario: Scenario) -> None:
+    check_scenario(scenario)
+
+
+@pytest.mark.parametrize("scenario", KEEP_WITHIN_SCENARIOS, ids=lambda s: s.name)
+def test_plan_keep_within_window(scenario: Scenario) -> None:
+    check_scenario(scenario)
+
+
+@pytest.mark.parametrize("scenario", PROTECTION_SCENARIOS, ids=lambda s: s.name)
+def test_plan_imported_and_pre_restore(scenario: Scenario) -> None:
+    check_scenario(scenario)
 
 
 def test_empty_repository_plans_nothing() -> None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from kvsnap.emulator import EmulatorServer
+from kvsnap.format import encode_json
+from kvsnap.lock import LockInfo, lock_path
 from kvsnap.seed import SeedEntry
 from tests.kvtools import cloudflare_env, create_namespace, run_cli, sdk, snapshots
 from tests.webhooks import TOKEN, Receiver
@@ -90,6 +96,8 @@ def test_run_logs_json_lines_with_the_run_id(
     assert all(line["run"] == run_id for line in lines)
     backed_up = [line for line in lines if line["message"].startswith("backed up")]
     assert backed_up and backed_up[0]["namespace"]
+    assert backed_up[0]["keys"] == 10
+    assert backed_up[0]["bytes"] > 0
     assert lines[-1]["duration"] >= 0
     assert emulator.token not in result.stderr
 
@@ -185,6 +193,89 @@ def test_automatic_drill_runs_when_due(
         for ns in sdk(emulator).kv.namespaces.list(account_id=emulator.account_id)
     ]
     assert titles == ["sessions"]
+
+
+def test_drill_that_cannot_start_fails_the_run(
+    emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    create_namespace(emulator, "sessions", entries(10))
+    # The configured sandbox holds keys, so the drill must not write into it.
+    create_namespace(emulator, "scratch", entries(1))
+    config = write_config(
+        tmp_path, ["sessions"], '[drill]\nautomatic = true\nsandbox = "scratch"\n'
+    )
+
+    result = run(emulator, config, "--json", KVSNAP_WEBHOOK_URL=receiver.url())
+
+    assert result.code == 10, result.stderr
+    [drill] = json.loads(result.stdout)["drills"]
+    assert drill["started"] is False
+    assert drill["stored"] is None
+    assert "could not start" in result.stderr
+    [event] = receiver.bodies()
+    assert event["type"] == "failure"
+    assert "restore drill of sessions could not start" in event["summary"]
+
+
+def test_stale_lock_blocking_prune_fails_the_run(
+    emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    create_namespace(emulator, "sessions", entries(5))
+    config = write_config(tmp_path, ["sessions"])
+    assert run(emulator, config).code == 0
+    # A CI runner killed mid-backup: its host is gone, so the lock never clears.
+    stale = LockInfo(
+        id="0123456789abcdef", exclusive=False, hostname="ci-runner-gone", pid=7,
+        command="kvsnap run", created="2026-01-01T00:00:00.000Z",
+        refreshed="2026-01-01T00:00:00.000Z",
+    )  # fmt: skip
+    (tmp_path / "repo" / lock_path(stale.id)).write_bytes(encode_json(stale))
+
+    result = run(emulator, config, "--json", KVSNAP_WEBHOOK_URL=receiver.url())
+
+    assert result.code == 23, result.stderr
+    document = json.loads(result.stdout)
+    assert document["backup"]["namespaces"][0]["ok"] is True
+    assert "ci-runner-gone" in document["prune_blocked"]
+    assert "kvsnap unlock" in result.stderr
+    [event] = receiver.bodies()
+    assert event["type"] == "failure"
+    assert "stale lock" in event["summary"]
+
+
+def test_interrupted_run_alerts_and_exits_130(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    with EmulatorServer(tmp_path / "slow", latency_ms=(200, 200)) as slow:
+        create_namespace(slow, "sessions", entries(3000))
+        config = write_config(tmp_path, ["sessions"])
+        env = cloudflare_env(slow, KVSNAP_WEBHOOK_URL=receiver.url())
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kvsnap", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            # Wait until the backup is reading, then stop it as a timer would.
+            while slow.stats()["requests"].get("POST bulk/get", 0) < 2:
+                assert time.monotonic() < deadline, "the run never started reading"
+                time.sleep(0.1)
+            child.send_signal(signal.SIGTERM)
+            _out, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+    assert child.returncode == 130, err
+    assert "run interrupted" in err
+    [event] = receiver.bodies()
+    assert event["type"] == "failure"
+    assert "interrupted" in event["summary"]
+    assert list((tmp_path / "repo").glob("snapshots/**/*.json")) == []
 
 
 def test_run_without_namespaces_says_how_to_name_them(

@@ -50,6 +50,12 @@ def backed_up(emulator: EmulatorServer, config: Path, env: dict[str, str]) -> st
     return snapshots(str(config.parent / "repo"))[-1].id
 
 
+def only_part(tmp_path: Path) -> Path:
+    """Return the file of the one part of the newest snapshot."""
+    [info] = snapshots(str(tmp_path / "repo"))[-1].parts
+    return tmp_path / "repo" / info.path
+
+
 def reasons(document: dict) -> list[str]:
     return [reason for ns in document["namespaces"] for reason in ns["reasons"]]
 
@@ -130,8 +136,7 @@ def test_failed_verify_of_the_newest_snapshot_is_a_breach(
 ) -> None:
     config = configure(tmp_path)
     snapshot_id = backed_up(emulator, config, env)
-    [info] = snapshots(str(tmp_path / "repo"))[-1].parts
-    part = tmp_path / "repo" / info.path
+    part = only_part(tmp_path)
     part.write_bytes(part.read_bytes()[:-3])
     assert cli(config, env, "verify").code == 4
 
@@ -140,6 +145,58 @@ def test_failed_verify_of_the_newest_snapshot_is_a_breach(
     assert code == 2
     assert f"newest snapshot {snapshot_id} failed verification" in reasons(document)
     assert "every backup snapshot failed verification" in reasons(document)
+
+
+def test_failed_full_read_is_a_breach_after_quick_verify(
+    emulator: EmulatorServer, tmp_path: Path, env: dict[str, str]
+) -> None:
+    config = configure(tmp_path)
+    snapshot_id = backed_up(emulator, config, env)
+    part = only_part(tmp_path)
+    data = bytearray(part.read_bytes())
+    data[-5] ^= 0xFF  # same size, so only a full read sees it
+    part.write_bytes(bytes(data))
+    assert cli(config, env, "verify", "--read-data").code == 4
+    assert cli(config, env, "verify").code == 0  # sizes still match
+
+    code, document = status(config, env)
+
+    assert code == 2
+    assert f"newest snapshot {snapshot_id} failed verification" in reasons(document)
+    assert document["namespaces"][0]["last_verify_ok"] is False
+
+
+def test_snapshot_dated_in_the_future_is_a_breach(
+    emulator: EmulatorServer, tmp_path: Path, env: dict[str, str]
+) -> None:
+    config = configure(tmp_path)
+    create_namespace(emulator, "sessions", [SeedEntry("k", b"v")])
+    export = tmp_path / "export.json"
+    export.write_text('[{"key": "k", "value": "v"}]')
+    imported = cli(
+        config, env, "import", str(export), "--namespace", "sessions",
+        "--time", "2099-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert imported.code == 0, imported.stderr
+    assert cli(config, env, "backup").code == 0
+
+    code, document = status(config, env)
+
+    # The import is not a backup, so the backup just made stays the newest.
+    assert code == 1, reasons(document)
+    manifest = next(
+        m for m in snapshots(str(tmp_path / "repo")) if "imported" in m.tags
+    )
+    # Untagged, the import reads as a backup from a host whose clock is ahead.
+    path = tmp_path / "repo" / "snapshots"
+    [name] = [p for p in path.rglob("*.json") if manifest.id in p.name]
+    text = name.read_text().replace('"imported"', '"other"')
+    name.write_text(text)
+
+    code, document = status(config, env)
+
+    assert code == 2
+    assert any("dated in the future" in r for r in reasons(document))
 
 
 def test_held_snapshot_warns(
@@ -157,10 +214,12 @@ def test_held_snapshot_warns(
     assert any("1 snapshot(s) held" in r for r in reasons(document))
 
 
-def test_missing_repository_keeps_its_own_exit_code(
-    tmp_path: Path, env: dict[str, str]
-) -> None:
+def test_missing_repository_is_a_breach(tmp_path: Path, env: dict[str, str]) -> None:
     result = cli(configure(tmp_path), env, "status")
 
-    assert result.code == 21
-    assert "error:" in result.stderr
+    assert result.code == 2
+    assert "error: no kvsnap repository" in result.stderr
+    assert "status: breach" in result.stdout
+    document = json.loads(cli(configure(tmp_path), env, "status", "--json").stdout)
+    assert document["level"] == "breach"
+    assert document["exit_code"] == 2

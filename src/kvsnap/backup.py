@@ -167,7 +167,13 @@ async def run_backup(
                 outcome.stored_bytes,
                 outcome.seconds,
                 outcome.snapshot_id,
-                extra={"namespace": namespace.id, "snapshot": outcome.snapshot_id},
+                extra={
+                    "namespace": namespace.id,
+                    "snapshot": outcome.snapshot_id,
+                    "keys": outcome.keys,
+                    "bytes": outcome.stored_bytes,
+                    "duration": outcome.seconds,
+                },
             )
         result.namespaces.append(outcome)
     result.requests = client.requests

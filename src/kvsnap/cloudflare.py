@@ -310,11 +310,21 @@ class KvClient:
         """Resolve ids or exact titles to namespaces; never creates one.
 
         A name that is the id of one namespace and the title of another is
-        ambiguous; `id:NAME` or `title:NAME` picks one explicitly.
+        ambiguous; `id:NAME` or `title:NAME` picks one explicitly. `all`
+        leaves out the sandboxes of restore drills (titles starting with
+        `kvsnap-drill-`): they hold copies of other namespaces' keys.
         """
         available = await self.list_namespaces()
         if all_namespaces:
-            return available
+            chosen = [
+                ns
+                for ns in available
+                if not ns.title.startswith(limits.DRILL_SANDBOX_PREFIX)
+            ]
+            for ns in available:
+                if ns not in chosen:
+                    log.info("leaving out drill sandbox %s (%s)", ns.title, ns.id)
+            return chosen
         if not names:
             raise NamespaceNotFound(
                 "no namespace given: name one or more namespaces, or pass --all",

@@ -231,14 +231,21 @@ def load_settings(
     register_secret(token)
     rate = pick("rate_limit", None, "rate_limit")
     part = pick("part_bytes", None, "part_size")
-    namespaces = flags.get("namespaces") or tuple(file.get("namespaces", ()))
+    # Names or --all on the command line replace the file's choice whole.
+    from_flags = bool(flags.get("namespaces") or flags.get("all_namespaces"))
+    namespaces = flags.get("namespaces") or (
+        () if from_flags else tuple(file.get("namespaces", ()))
+    )
+    all_namespaces = bool(flags.get("all_namespaces")) or (
+        not from_flags and bool(file.get("all", False))
+    )
     settings = Settings(
         api_token=token,
         account_id=pick("account_id", ENV_ACCOUNT, "account_id"),
         base_url=(pick("base_url", ENV_BASE_URL, "base_url") or DEFAULT_BASE_URL),
         repository=pick("repository", ENV_REPOSITORY, "repository"),
         namespaces=tuple(str(n) for n in namespaces),
-        all_namespaces=bool(flags.get("all_namespaces") or file.get("all", False)),
+        all_namespaces=all_namespaces,
         concurrency=_or_default(
             pick("concurrency", None, "concurrency"), Settings.concurrency
         ),

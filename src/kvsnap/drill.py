@@ -12,11 +12,16 @@ a real restore, timing each one:
    the keys of a file;
 3. plan and write: `kvsnap.restore.make_plan` and `apply_plan`, the code
    of `kvsnap restore`, write the chosen records into the sandbox namespace;
-4. read-back: `apply_plan` reads every written key back and compares value
-   bytes, metadata and expiration with the snapshot record.
+4. read-back: `apply_plan` reads every written key back once and compares
+   value bytes, metadata and expiration with the snapshot record. The drill
+   then reads the keys that still differ again until the read-back window
+   ends, because Workers KV is eventually consistent, and times that wait
+   apart from the first read.
 
 The sandbox is a namespace that the drill creates and deletes afterwards,
 or an empty namespace the operator names, which the drill empties again.
+Once the sandbox exists, it is cleaned up however the drill ends: an error,
+a local disk that is full, Ctrl-C or SIGTERM.
 The drill never writes into the snapshot's own namespace, and never writes
 into the repository except its report and the verify record of the
 snapshot it has fully read. The full-restore time (RTO) is then estimated
@@ -26,6 +31,7 @@ compared with the policy's target, as is the age of the snapshot (RPO).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import getpass
 import logging
@@ -49,11 +55,15 @@ from kvsnap.cloudflare import KvClient, Namespace, resolve_namespace
 from kvsnap.config import DEFAULT_BASE_URL, Settings
 from kvsnap.diff import parse_keys_file
 from kvsnap.errors import (
+    EXIT_INTERRUPTED,
     EXIT_MISMATCH,
+    EXIT_REPOSITORY,
     EXIT_VERIFY,
     ConfigError,
     KvsnapError,
     PlanRefused,
+    RepositoryError,
+    SnapshotNotFound,
     VerifyError,
 )
 from kvsnap.format import (
@@ -65,7 +75,7 @@ from kvsnap.format import (
 )
 from kvsnap.logs import mask
 from kvsnap.policy import DEFAULT_DRILL_SAMPLE, Policy
-from kvsnap.readback import Mismatch
+from kvsnap.readback import Mismatch, read_back
 from kvsnap.report import (
     MISMATCHES_SHOWN,
     DrillReport,
@@ -76,6 +86,7 @@ from kvsnap.report import (
     SandboxInfo,
     SnapshotInfo,
     format_bytes,
+    format_seconds,
     new_report_id,
     plural,
     store_report,
@@ -95,6 +106,9 @@ log = logging.getLogger(__name__)
 
 SANDBOX_TITLE_PREFIX = "kvsnap-drill-"
 NOT_IN_SNAPSHOT = "not-in-snapshot"  # mismatch field of a listed key the snapshot lacks
+# Time allowed for storing the report of an interrupted drill, so that a
+# second Ctrl-C is not needed when the repository does not respond.
+INTERRUPTED_REPORT_SECONDS = 10.0
 
 
 class Mode(enum.Enum):
@@ -123,10 +137,18 @@ class DrillOptions:
 
 @dataclass
 class DrillResult:
-    """The finished report, where it was stored, and the exit code."""
+    """The finished report, where it was stored, and the exit code.
+
+    A drill that stopped before it prepared a sandbox (an unknown snapshot or
+    sandbox, a sandbox that is the source or contains keys, an unreadable
+    --keys-from file) did not start: `started` is false, `error` is the
+    error to show, and the report was not stored.
+    """
 
     report: DrillReport
-    stored_folder: str | None  # repository folder, None when storing failed
+    stored_folder: str | None  # repository folder, None when not stored
+    started: bool = True
+    error: KvsnapError | None = None  # why a drill that did not start stopped
 
     @property
     def exit_code(self) -> int:
@@ -152,7 +174,10 @@ class Measurements:
     sample_write_requests: int = 0
     write_seconds: float = 0.0
     read_back_keys: int = 0
-    read_back_seconds: float = 0.0
+    read_back_seconds: float = 0.0  # the first read of every written key
+    # Re-reading keys that still differed, until KV's eventual consistency
+    # caught up or the read-back window ended.
+    consistency_wait_seconds: float = 0.0
 
 
 def estimate_rto(
@@ -163,12 +188,63 @@ def estimate_rto(
     Download and validate were measured on the whole snapshot. The write
     time is scaled from the sample both by requests and by bytes, and the
     larger is taken, because a small sample cannot tell request latency
-    from bandwidth. The read-back is scaled by keys. The API budget (N
-    requests per window) gives a floor for the requests of both. Returns
-    None when the drill wrote nothing to measure.
+    from bandwidth. The first read-back of every key is scaled by keys. The
+    wait for eventual consistency is added once, unscaled, on the
+    assumption that KV propagates a whole restore in about the time it
+    takes for a sample. When the drill wrote and read back every restorable
+    key (`--all`, or a sample as large as the namespace), the write and
+    read-back times are taken as measured. The API budget (N requests per
+    window) gives a floor for the requests of both. Returns None when the
+    drill wrote nothing to measure.
     """
     if not (measured.sample_write_requests and measured.read_back_keys):
         return None
+    whole = (
+        measured.sample_keys >= measured.eligible_keys
+        and measured.read_back_keys >= measured.eligible_keys
+    )
+    if whole:
+        write_seconds = measured.write_seconds
+        read_back_seconds = measured.read_back_seconds
+    else:
+        write_seconds = _scaled_write_seconds(measured)
+        read_back_seconds = (
+            measured.read_back_seconds
+            * measured.eligible_keys
+            / measured.read_back_keys
+        )
+    read_requests = (
+        math.ceil(measured.eligible_keys / limits.BULK_GET_MAX_KEYS)
+        + measured.binary_keys
+    )
+    # Creating the namespace and listing it for the plan add one request each.
+    requests = measured.full_write_requests + read_requests + 2
+    budget_requests, window = rate_limit
+    api_budget_seconds = ((requests - 1) // budget_requests) * window
+    api_work_seconds = (
+        write_seconds + read_back_seconds + measured.consistency_wait_seconds
+    )
+    api_seconds = max(api_work_seconds, api_budget_seconds)
+    return RtoEstimate(
+        seconds=measured.download_seconds + measured.validate_seconds + api_seconds,
+        download_seconds=measured.download_seconds,
+        validate_seconds=measured.validate_seconds,
+        write_seconds=write_seconds,
+        read_back_seconds=read_back_seconds,
+        consistency_wait_seconds=measured.consistency_wait_seconds,
+        api_budget_seconds=float(api_budget_seconds),
+        keys=measured.eligible_keys,
+        body_bytes=measured.full_body_bytes,
+        write_requests=measured.full_write_requests,
+        read_requests=read_requests,
+        rate_limit_requests=budget_requests,
+        rate_limit_window_seconds=window,
+        measured_in_full=whole,
+    )
+
+
+def _scaled_write_seconds(measured: Measurements) -> float:
+    """Scale the sample's write time to every key, by requests and by bytes."""
     per_request = measured.write_seconds / measured.sample_write_requests
     by_requests = measured.full_write_requests * per_request
     by_bytes = 0.0
@@ -178,33 +254,7 @@ def estimate_rto(
             * measured.write_seconds
             / measured.sample_body_bytes
         )
-    write_seconds = max(by_requests, by_bytes)
-    read_back_seconds = (
-        measured.read_back_seconds * measured.eligible_keys / measured.read_back_keys
-    )
-    read_requests = (
-        math.ceil(measured.eligible_keys / limits.BULK_GET_MAX_KEYS)
-        + measured.binary_keys
-    )
-    # Creating the namespace and listing it for the plan add one request each.
-    requests = measured.full_write_requests + read_requests + 2
-    budget_requests, window = rate_limit
-    api_budget_seconds = ((requests - 1) // budget_requests) * window
-    api_seconds = max(write_seconds + read_back_seconds, api_budget_seconds)
-    return RtoEstimate(
-        seconds=measured.download_seconds + measured.validate_seconds + api_seconds,
-        download_seconds=measured.download_seconds,
-        validate_seconds=measured.validate_seconds,
-        write_seconds=write_seconds,
-        read_back_seconds=read_back_seconds,
-        api_budget_seconds=float(api_budget_seconds),
-        keys=measured.eligible_keys,
-        body_bytes=measured.full_body_bytes,
-        write_requests=measured.full_write_requests,
-        read_requests=read_requests,
-        rate_limit_requests=budget_requests,
-        rate_limit_window_seconds=window,
-    )
+    return max(by_requests, by_bytes)
 
 
 class _BatchCounter:
@@ -263,9 +313,16 @@ class _Chooser:
         if slot < self.sample:
             self.chosen[slot] = key
 
+    @property
+    def nothing(self) -> bool:
+        """Whether no key was chosen; a sample or key list then restores nothing."""
+        return self.mode is not Mode.ALL and not self.chosen
+
     def selection(self) -> Selection:
         if self.mode is Mode.ALL:
             return Selection()
+        # An empty key set would make a Selection that takes every key.
+        assert self.chosen, "no key chosen: the drill must not restore"
         return Selection(keys=frozenset(self.chosen))
 
 
@@ -295,8 +352,18 @@ async def run_drill(
     A drill that fails (mismatches, invalid records, an error after the
     repository was opened) still returns its report, with `ok` false. Its
     exit code is 7 for mismatches, 4 for invalid records or when no key could
-    be checked, and the error's own code otherwise. Errors before a drill can
-    start (a prune holds the lock, for example) are raised.
+    be checked, 20 when a local file could not be written, and the error's
+    own code otherwise. Errors before a drill can take the lock (a prune
+    holds it, for example) are raised.
+
+    A drill that stops before its sandbox is prepared did not start: its
+    result has `started` false and the error, and no report is stored, so a
+    mistyped name never counts as a failed drill of the namespace.
+
+    On KeyboardInterrupt or cancellation the sandbox is cleaned up, a FAIL
+    report naming the interruption is stored in the repository when the
+    drill had started (given INTERRUPTED_REPORT_SECONDS at most), and the
+    interruption is re-raised.
     """
     if options.mode is Mode.SAMPLE and options.sample < 1:
         raise ConfigError(f"invalid --sample {options.sample}: expected 1 or more")
@@ -304,8 +371,16 @@ async def run_drill(
         repo, exclusive=False, command="drill", wait=options.lock_wait
     ):
         drill = _Drill(repo, client, settings, policy, options)
-        await drill.run()
+        try:
+            await drill.run()
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            report = drill.finish()
+            if drill.began:
+                await _store_interrupted(repo, report)
+            raise
         report = drill.finish()
+        if not drill.began:
+            return DrillResult(report, None, started=False, error=drill.failure)
         try:
             folder: str | None = await store_report(repo, report)
         except KvsnapError as exc:
@@ -317,10 +392,28 @@ async def run_drill(
     return DrillResult(report, folder)
 
 
+async def _store_interrupted(repo: Repository, report: DrillReport) -> None:
+    """Store the report of an interrupted drill, giving up after a few seconds."""
+    try:
+        folder = await asyncio.wait_for(
+            store_report(repo, report), INTERRUPTED_REPORT_SECONDS
+        )
+    except (KvsnapError, OSError, TimeoutError) as exc:
+        log.warning(
+            "storing the report of interrupted drill %s in %s failed: %s",
+            report.id,
+            repo.url,
+            str(exc) or "timed out",
+        )
+        return
+    log.info("stored the report of interrupted drill %s in %s", report.id, folder)
+
+
 class _Drill:
     """The state of one drill while it runs.
 
-    `run` records a KvsnapError in the report instead of raising it.
+    `run` records a KvsnapError or an OSError in the report instead of
+    raising it.
     """
 
     def __init__(
@@ -362,6 +455,9 @@ class _Drill:
         self.manifest: Manifest | None = None
         self.sandbox: Namespace | None = None
         self.sandbox_created = False
+        self.began = False  # the sandbox is prepared: the drill started
+        self.failure: KvsnapError | None = None  # the error that stopped it
+        self.named: frozenset[str] = frozenset()  # the keys of --keys-from
         self.mismatched: list[Mismatch] = []
         self.now = time.time()  # the moment expirations are judged at
 
@@ -369,38 +465,116 @@ class _Drill:
         self.report.phases.append(Phase(name, round(seconds, 6), detail))
 
     async def run(self) -> None:
+        """Run the phases; record a KvsnapError, an OSError or an interruption.
+
+        KeyboardInterrupt and CancelledError are recorded and then re-raised.
+        """
         try:
+            self.named = self._read_keys_file()
             self.manifest = await self._pick_snapshot()
             self._describe_snapshot(self.manifest)
-            self.sandbox = await self._prepare_sandbox(self.manifest)
+            # The temporary folder comes first: when it cannot be made, no
+            # sandbox exists yet that would need cleaning up.
             with tempfile.TemporaryDirectory(prefix="kvsnap-drill-") as folder:
+                await self._prepare_sandbox(self.manifest)
                 try:
                     await self._restore(self.manifest, Path(folder))
                 finally:
                     await self._clean_up(Path(folder) / "plan" / "writes.jsonl")
         except KvsnapError as exc:
-            log.error("drill of %s failed: %s", self.options.namespace, exc)
-            self.report.error = ErrorInfo(
+            self.failure = exc
+            self._record_error(
                 type(exc).__name__,
-                mask(exc.message),
+                exc.message,
                 exc.exit_code,
-                mask(exc.hint) if exc.hint else None,
+                exc.hint,
             )
-            self.report.problems.append(f"The drill stopped: {mask(exc.message)}")
+        except OSError as exc:
+            # A local file failed (temporary folder, mirror of the parts,
+            # spool), mostly from a full disk. That is the environment, not a
+            # bug, so the internal-error code 1 would mislead. The mirror is a
+            # copy of repository data, so the repository code 20 is used.
+            message = f"a local file could not be read or written: {exc}"
+            hint = (
+                "check the free space and permissions of the temporary folder "
+                f"({tempfile.gettempdir()}; set TMPDIR to use another)"
+            )
+            self.failure = RepositoryError(message, hint=hint)  # exit code 20
+            self._record_error(type(exc).__name__, message, EXIT_REPOSITORY, hint)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self._record_error(
+                "Interrupted",
+                "the drill was interrupted (Ctrl-C, SIGTERM or a cancelled run) "
+                "before it finished",
+                EXIT_INTERRUPTED,
+                None,
+            )
+            raise
+
+    def _record_error(
+        self, kind: str, message: str, exit_code: int, hint: str | None
+    ) -> None:
+        if self.began:
+            log.error("drill of %s failed: %s", self.options.namespace, message)
+        else:
+            # The caller shows the error of a drill that did not start.
+            log.debug("drill of %s did not start: %s", self.options.namespace, message)
+        self.report.error = ErrorInfo(
+            kind, mask(message), exit_code, mask(hint) if hint else None
+        )
+        self.report.problems.append(f"The drill stopped: {mask(message)}")
 
     # Snapshot and sandbox.
 
+    def _read_keys_file(self) -> frozenset[str]:
+        """Read the keys of --keys-from before anything else, or raise ConfigError."""
+        if self.options.mode is not Mode.KEYS_FROM:
+            return frozenset()
+        assert self.options.keys_file is not None
+        named = frozenset(parse_keys_file(self.options.keys_file))
+        if not named:
+            raise ConfigError(
+                f"--keys-from {self.options.keys_file} lists no keys",
+                hint="list one key a line, or pass the output of kvsnap diff --json "
+                "when it names changed keys",
+            )
+        return named
+
     async def _pick_snapshot(self) -> Manifest:
         namespace = self.options.namespace
-        selector = self.options.snapshot or f"latest@{namespace}"
+        selector = self.options.snapshot or await self._latest_selector()
         manifest = await resolve_snapshot(self.repo, selector, None)
-        if namespace not in (manifest.namespace_id, manifest.namespace_title):
+        if not _names_namespace(namespace, manifest):
             raise ConfigError(
                 f"snapshot {manifest.id} is of namespace {manifest.namespace_title} "
                 f"({manifest.namespace_id}), not {namespace!r}",
                 hint="name the snapshot's own namespace, or leave out --snapshot",
             )
         return manifest
+
+    async def _latest_selector(self) -> str:
+        """Return latest@NAMESPACE for the namespace, taking id:X and title:X too.
+
+        With id: or title:, the namespace is looked up by that field alone
+        among the snapshots, and named by its id.
+        """
+        namespace = self.options.namespace
+        kind, value = _split_namespace(namespace)
+        if kind is None:
+            return f"latest@{namespace}"
+        ids = {
+            manifest.namespace_id
+            for manifest in await self.repo.snapshots(value)
+            if _names_namespace(namespace, manifest)
+        }
+        if not ids:
+            raise SnapshotNotFound(
+                f"no snapshot of namespace {namespace!r} in {self.repo.url}"
+            )
+        if len(ids) > 1:
+            # Several namespaces had this title: the repository lists them.
+            return f"latest@{value}"
+        return f"latest@{ids.pop()}"
 
     def _describe_snapshot(self, manifest: Manifest) -> None:
         report = self.report
@@ -422,17 +596,20 @@ class _Drill:
         report.snapshot_age_seconds = max(0.0, age.total_seconds())
         report.rpo_ok = age <= self.policy.rpo
 
-    async def _prepare_sandbox(self, manifest: Manifest) -> Namespace:
+    async def _prepare_sandbox(self, manifest: Manifest) -> None:
+        """Create the sandbox, or check the given one; the drill then has started."""
         available = await self.client.list_namespaces()
         if self.options.sandbox is None:
             stamp = f"{self.started:%Y%m%dT%H%M%SZ}"
             # The report id keeps titles unique when drills start in the same second.
             title = f"{SANDBOX_TITLE_PREFIX}{manifest.id}-{stamp}-{self.report.id}"
+            # NOTE: an interruption while this request is in flight can leave
+            # the namespace created but unknown to the drill, so not deleted.
             created = await self.client.create_namespace(title)
             self.sandbox_created = True
             log.info("created sandbox namespace %s (%s)", created.title, created.id)
             self._note_sandbox(created)
-            return created
+            return
 
         sandbox = resolve_namespace(self.options.sandbox, available)
         same_account = self.client.account_id == manifest.account_id
@@ -453,9 +630,10 @@ class _Drill:
                 )
             break
         self._note_sandbox(sandbox)
-        return sandbox
 
     def _note_sandbox(self, sandbox: Namespace) -> None:
+        self.sandbox = sandbox
+        self.began = True
         self.report.sandbox = SandboxInfo(
             namespace_id=sandbox.id, title=sandbox.title, created=self.sandbox_created
         )
@@ -465,6 +643,12 @@ class _Drill:
     async def _restore(self, manifest: Manifest, folder: Path) -> None:
         mirror = await self._download(manifest, folder / "mirror")
         chooser = await self._validate(mirror, manifest)
+        if chooser.nothing:
+            # None of the listed keys can be restored (or the snapshot holds
+            # no restorable key). An empty key set would select every key,
+            # so nothing is planned or written.
+            log.info("no key of snapshot %s to restore into the sandbox", manifest.id)
+            return
         plan_folder = folder / "plan"
         plan_folder.mkdir()
         assert self.sandbox is not None
@@ -492,10 +676,46 @@ class _Drill:
             plan.seconds,
             f"{plural(plan.counts.create, 'key')} to write into the empty sandbox",
         )
-        result = await apply_plan(
-            self.client, mirror, plan, readback_window=self.options.readback_window
+        # A window of 0 makes apply_plan read every key once and stop, so the
+        # first read can be timed apart from the wait for consistency.
+        result = await apply_plan(self.client, mirror, plan, readback_window=0.0)
+        first_read_seconds = result.phases.get("read_back", 0.0)
+        read_back_keys = result.verified + len(result.mismatched)
+        wait_seconds = await self._read_again(result, plan.writes_path)
+        self._record_restore(result, plan.writes_path, read_back_keys)
+        self._record_read_back(read_back_keys, first_read_seconds, wait_seconds)
+
+    async def _read_again(self, result: RestoreResult, writes_path: Path) -> float:
+        """Re-read the keys that differed until the window ends; return the time.
+
+        Updates `result.verified` and `result.mismatched`. The window counts
+        from the first read, as it does in `kvsnap restore`.
+        """
+        first_read = result.phases.get("read_back", 0.0)
+        remaining = self.options.readback_window - first_read
+        if not result.mismatched or remaining <= 0:
+            return 0.0
+        assert self.sandbox is not None
+        started = time.monotonic()
+        differing = {mismatch.key for mismatch in result.mismatched}
+        log.info(
+            "read-back of sandbox %s: %d keys differ, reading them again for up "
+            "to %.1f s",
+            self.sandbox.id,
+            len(differing),
+            remaining,
         )
-        self._record_restore(result, plan.writes_path)
+        delay = min(limits.READBACK_BACKOFF_BASE_SECONDS, remaining)
+        await asyncio.sleep(delay)
+        records = (
+            record for record in _read_records(writes_path) if record.key in differing
+        )
+        again = await read_back(
+            self.client, self.sandbox.id, records, window_seconds=remaining - delay
+        )
+        result.verified += again.verified
+        result.mismatched = again.mismatched
+        return time.monotonic() - started
 
     async def _download(self, manifest: Manifest, mirror_root: Path) -> Repository:
         """Copy every part into a local repository, checking size and sha256."""
@@ -562,14 +782,8 @@ class _Drill:
         return chooser
 
     def _chooser(self) -> _Chooser:
-        named: frozenset[str] = frozenset()
-        if self.options.mode is Mode.KEYS_FROM:
-            assert self.options.keys_file is not None
-            named = frozenset(parse_keys_file(self.options.keys_file))
-            if not named:
-                raise ConfigError(f"--keys-from {self.options.keys_file} lists no keys")
         return _Chooser(
-            self.options.mode, self.options.sample, random.Random(self.seed), named
+            self.options.mode, self.options.sample, random.Random(self.seed), self.named
         )
 
     def _check_record(self, record: Record, chooser: _Chooser) -> int | None:
@@ -623,7 +837,9 @@ class _Drill:
                 "recording the verify result of %s failed: %s", manifest.id, exc
             )
 
-    def _record_restore(self, result: RestoreResult, writes_path: Path) -> None:
+    def _record_restore(
+        self, result: RestoreResult, writes_path: Path, read_back_keys: int
+    ) -> None:
         counts = self.report.counts
         counts.written = result.written
         counts.checked = result.verified
@@ -632,8 +848,7 @@ class _Drill:
         measured.sample_keys = result.written
         measured.sample_write_requests = result.write_requests
         measured.write_seconds = result.phases.get("write", 0.0)
-        measured.read_back_keys = result.verified + len(result.mismatched)
-        measured.read_back_seconds = result.phases.get("read_back", 0.0)
+        measured.read_back_keys = read_back_keys
         measured.sample_body_bytes = _spool_body_bytes(writes_path)
         self.phase(
             "write",
@@ -642,12 +857,23 @@ class _Drill:
             f"{format_bytes(measured.sample_body_bytes)} in "
             f"{plural(result.write_requests, 'bulk write')}",
         )
-        self.phase(
-            "read_back",
-            measured.read_back_seconds,
-            f"{plural(measured.read_back_keys, 'key')} read and compared: value bytes, "
-            "metadata, expiration",
+
+    def _record_read_back(
+        self, keys: int, first_read_seconds: float, wait_seconds: float
+    ) -> None:
+        self.measured.read_back_seconds = first_read_seconds
+        self.measured.consistency_wait_seconds = wait_seconds
+        detail = (
+            f"{plural(keys, 'key')} read and compared: value bytes, metadata, "
+            "expiration"
         )
+        if wait_seconds:
+            detail += (
+                f"; first read {format_seconds(first_read_seconds)}, then "
+                f"{format_seconds(wait_seconds)} re-reading keys that differed "
+                "while KV's eventual consistency caught up"
+            )
+        self.phase("read_back", first_read_seconds + wait_seconds, detail)
 
     async def _clean_up(self, writes_path: Path) -> None:
         """Delete the created sandbox, or empty a given one, unless --keep."""
@@ -665,11 +891,13 @@ class _Drill:
                 keys = [record.key for record in _read_records(writes_path)]
                 await self.client.bulk_delete(sandbox.id, keys)
                 detail = f"{len(keys):,} restored keys deleted from the sandbox"
-        except KvsnapError as exc:
-            log.warning("cleaning up sandbox %s failed: %s", sandbox.id, exc)
+        except (KvsnapError, OSError) as exc:
+            # OSError: the spool naming the keys to delete could not be read.
+            message = exc.message if isinstance(exc, KvsnapError) else str(exc)
+            log.warning("cleaning up sandbox %s failed: %s", sandbox.id, message)
             self.report.warnings.append(
                 f"The sandbox {sandbox.title} ({sandbox.id}) could not be cleaned "
-                f"up and must be deleted by hand: {mask(exc.message)}"
+                f"up and must be deleted by hand: {mask(message)}"
             )
             return
         log.info("%s", detail)
@@ -703,7 +931,8 @@ class _Drill:
         report.exit_code = _exit_code(report)
         report.commands = self._commands()
         report.finished = format_timestamp(datetime.now(UTC))
-        log.info(
+        log.log(
+            logging.INFO if self.began else logging.DEBUG,
             "drill %s: %s, %d keys checked, %d mismatched",
             report.id,
             "PASS" if report.ok else "FAIL",
@@ -722,11 +951,19 @@ class _Drill:
             MismatchEntry(m.key, list(m.fields))
             for m in self.mismatched[:MISMATCHES_SHOWN]
         ]
-        if self.mismatched:
+        differing = counts.mismatched - counts.named_missing
+        if counts.named_missing:
             report.problems.insert(
                 0,
-                f"Mismatched keys: {counts.mismatched:,}. The sandbox does not "
-                "contain what the snapshot contains for them.",
+                f"Listed keys not in the snapshot: {counts.named_missing:,}. "
+                f"{self.options.keys_file} names them, but the snapshot holds no "
+                "such key, so they could not be restored.",
+            )
+        if differing:
+            report.problems.insert(
+                0,
+                f"Mismatched keys: {differing:,}. The sandbox does not contain "
+                "what the snapshot contains for them.",
             )
         if counts.invalid > MISMATCHES_SHOWN:
             report.problems.append(f"{counts.invalid:,} invalid records in all")
@@ -737,9 +974,15 @@ class _Drill:
                 "because they expire too soon"
             )
         if report.error is None and counts.checked == 0 and not self.mismatched:
+            reason = "the snapshot holds no restorable key"
+            if self.options.mode is Mode.KEYS_FROM:
+                reason = (
+                    "none of the listed keys is restorable (expired, expiring too "
+                    "soon, or invalid)"
+                )
             report.problems.append(
-                "No key was restored and read back, so the drill proves nothing: "
-                "the snapshot holds no restorable key"
+                f"No key was restored and read back, so the drill proves nothing: "
+                f"{reason}"
             )
         report.ok = (
             report.error is None
@@ -784,6 +1027,24 @@ class _Drill:
             ]
             commands.append(shlex.join(verify))
         return commands
+
+
+def _split_namespace(name: str) -> tuple[str | None, str]:
+    """Split id:X or title:X as `resolve_namespace` does; (None, name) otherwise."""
+    kind, _, value = name.partition(":")
+    if kind in ("id", "title") and value:
+        return kind, value
+    return None, name
+
+
+def _names_namespace(name: str, manifest: Manifest) -> bool:
+    """Whether NAME (an id, a title, id:X or title:X) names the snapshot's namespace."""
+    kind, value = _split_namespace(name)
+    if kind == "id":
+        return manifest.namespace_id == value
+    if kind == "title":
+        return manifest.namespace_title == value
+    return name in (manifest.namespace_id, manifest.namespace_title)
 
 
 def _exit_code(report: DrillReport) -> int:

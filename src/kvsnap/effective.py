@@ -31,7 +31,7 @@ from kvsnap.config import (
     read_config_file,
 )
 from kvsnap.logs import MASK, mask, register_secret
-from kvsnap.policy import ENV_WEBHOOK, Policy, format_duration
+from kvsnap.policy import ENV_WEBHOOK, Policy, format_duration, format_target
 from kvsnap.starter import format_rate_limit, format_size_setting, toml_value
 from kvsnap.storage import ROLE_CREDENTIAL_VARIABLES, parse_location
 
@@ -283,8 +283,8 @@ def _policy_entries(policy: Policy, sources: _Sources) -> list[Entry]:
     keep_within = retention.keep_within
     entries = [
         entry("policy", "schedule", policy.schedule),
-        entry("policy", "rpo", format_duration(policy.rpo)),
-        entry("policy", "rto", format_duration(policy.rto)),
+        entry("policy", "rpo", format_target(policy.rpo)),
+        entry("policy", "rto", format_target(policy.rto)),
         entry("policy", "anomaly_share", policy.anomaly_share),
         entry(
             "retention",

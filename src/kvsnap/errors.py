@@ -32,8 +32,9 @@ Exit codes, never reused for another meaning:
 ====  ===========================================================
 
 `kvsnap status` alone follows the convention of monitoring plugins
-(Nagios, Icinga, Sensu): 0 every target met, 1 warning, 2 breach. Its
-errors keep the codes above (a missing repository is still 21).
+(Nagios, Icinga, Sensu): 0 every target met, 1 warning, 2 breach. A
+repository that is missing or unreadable is a breach (2) there, because
+monitoring must page for it; configuration errors keep code 10.
 """
 
 from __future__ import annotations

@@ -77,3 +77,7 @@ STORAGE_CLIENT_RETRY_TIMEOUT_SECONDS = 30.0  # obstore default is 3 minutes
 STORAGE_CONNECT_TIMEOUT_SECONDS = 5.0  # obstore default
 STORAGE_REQUEST_TIMEOUT_SECONDS = 120.0  # one whole request; a 32 MiB part at ~0.3 MB/s
 STORAGE_CONCURRENCY = 16  # manifest reads and part checks in flight at once
+
+# Titles of the sandbox namespaces that `kvsnap drill` creates start with
+# this; `--all` leaves them out of backups.
+DRILL_SANDBOX_PREFIX = "kvsnap-drill-"

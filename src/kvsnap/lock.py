@@ -14,11 +14,19 @@ and both back off, so neither goes on believing it has the repository. The
 waiting side retries after a random pause, so one of them wins soon.
 
 A holder rewrites its object every `LOCK_REFRESH_SECONDS`. A lock is stale
-when it was not refreshed for `LOCK_STALE_SECONDS`, or when it names this
-host and a process id that no longer runs. Stale locks of this host are
-removed on sight (the process is gone for certain). Stale locks of other
-hosts still block, because a clock or a network partition may be wrong;
-`kvsnap unlock` removes them on purpose.
+when it was not refreshed for `LOCK_STALE_SECONDS`, when its object cannot
+be read, or when it names a process that no longer runs. Only the last kind
+is removed on sight, and only when the lock comes from this host, this boot
+and this PID namespace (its `scope`): then the process is gone for certain.
+Containers can share a host name while their process ids are invisible to
+each other, and the scope separates them. Every other stale lock still
+blocks, because a clock, a paused process or a network partition may be
+misleading; `kvsnap unlock` removes those on purpose.
+
+A holder that finds its own lock object gone (removed by `kvsnap unlock` or
+by mistake), or that could not refresh it for so long that others may call
+it stale, stops its operation with RepositoryLocked instead of going on
+unprotected.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 
@@ -62,6 +71,7 @@ class LockInfo(msgspec.Struct, frozen=True, kw_only=True):
     command: str
     created: str  # RFC 3339, UTC
     refreshed: str  # RFC 3339, UTC
+    scope: str = ""  # boot id and PID namespace; "" where they are unknown
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class HeldLock:
     info: LockInfo
     path: str
     stale_reason: str | None
+    removable: bool = False  # its process is gone for certain
 
     @property
     def stale(self) -> bool:
@@ -89,13 +100,53 @@ def lock_path(lock_id: str) -> str:
     return f"{LOCKS_DIR}/{lock_id}.json"
 
 
-def _stale_reason(info: LockInfo, now: datetime) -> str | None:
+def process_scope() -> str:
+    """Return this boot's id and this PID namespace, or "" off Linux.
+
+    Two processes can compare pids only when both values are equal.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
+def _judge(info: LockInfo, path: str, now: datetime) -> HeldLock:
+    """Return the lock with its staleness, and whether it may be removed on sight."""
+    same_scope = (
+        info.hostname == socket.gethostname()
+        and bool(info.scope)
+        and info.scope == process_scope()
+    )
+    if same_scope and not _process_alive(info.pid):
+        reason = f"process {info.pid} no longer runs on this host"
+        return HeldLock(info, path, reason, removable=True)
     age = now - parse_timestamp(info.refreshed)
     if age > timedelta(seconds=LOCK_STALE_SECONDS):
-        return f"not refreshed for {int(age.total_seconds() // 60)} minutes"
-    if info.hostname == socket.gethostname() and not _process_alive(info.pid):
-        return f"process {info.pid} no longer runs on this host"
-    return None
+        reason = f"not refreshed for {int(age.total_seconds() // 60)} minutes"
+        return HeldLock(info, path, reason)
+    return HeldLock(info, path, None)
+
+
+def _unreadable(path: str) -> HeldLock:
+    """Stand in for a lock object that cannot be decoded.
+
+    It counts as a stale shared lock: it blocks prune, not backups, until
+    `kvsnap unlock` removes it, because its holder might still be running.
+    """
+    lock_id = path.rpartition("/")[2].removesuffix(".json")
+    info = LockInfo(
+        id=lock_id,
+        exclusive=False,
+        hostname="unknown host",
+        pid=0,
+        command="unknown command",
+        created="unknown",
+        refreshed="unknown",
+    )
+    return HeldLock(info, path, "its lock object is unreadable")
 
 
 def _process_alive(pid: int) -> bool:
@@ -109,28 +160,40 @@ def _process_alive(pid: int) -> bool:
 
 
 async def list_locks(repo: Repository) -> list[HeldLock]:
-    """Return every lock in the repository; unreadable lock objects are skipped."""
+    """Return every lock in the repository; an unreadable one counts as stale."""
     now = datetime.now(UTC)
     found: list[HeldLock] = []
     for path, _size in await repo.storage.list(LOCKS_DIR):
         try:
             info = msgspec.json.decode(await repo.storage.get(path), type=LockInfo)
+            held = _judge(info, path, now)
         except ObjectNotFound:
             continue  # released between the list and the read
-        except (msgspec.DecodeError, ValueError):
-            log.warning("ignoring unreadable lock object %s", path)
-            continue
-        found.append(HeldLock(info, path, _stale_reason(info, now)))
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            log.warning("lock object %s is unreadable", repo.storage.describe(path))
+            held = _unreadable(path)
+        found.append(held)
     return found
 
 
 class RepositoryLock:
     """One lock taken by this process; use `acquire` rather than the constructor."""
 
-    def __init__(self, repo: Repository, info: LockInfo) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        info: LockInfo,
+        *,
+        refresh_seconds: float = LOCK_REFRESH_SECONDS,
+    ) -> None:
         self.repo = repo
         self.info = info
+        self.refresh_seconds = refresh_seconds
+        # Why the lock no longer protects its holder; None while it does.
+        self.lost: str | None = None
+        self._refreshed_at = time.monotonic()
         self._refresher: asyncio.Task[None] | None = None
+        self._owner: asyncio.Task[object] | None = None
 
     @property
     def path(self) -> str:
@@ -145,13 +208,30 @@ class RepositoryLock:
         self.info = msgspec.structs.replace(self.info, refreshed=now)
         await self._write()
 
+    async def _check_and_refresh(self) -> str | None:
+        """Refresh the lock; return why it stopped protecting us, or None."""
+        try:
+            if not await self.repo.storage.exists(self.path):
+                return "its lock object was removed by another process"
+            await self.refresh()
+        except RepositoryError as exc:
+            failing = time.monotonic() - self._refreshed_at
+            log.warning("could not refresh lock %s: %s", self.info.id, exc.message)
+            if failing + self.refresh_seconds >= LOCK_STALE_SECONDS:
+                return f"it could not be refreshed for {failing / 60:.0f} minutes"
+            return None
+        self._refreshed_at = time.monotonic()
+        return None
+
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(LOCK_REFRESH_SECONDS)
-            try:
-                await self.refresh()
-            except RepositoryError as exc:
-                log.warning("could not refresh lock %s: %s", self.info.id, exc.message)
+            await asyncio.sleep(self.refresh_seconds)
+            self.lost = await self._check_and_refresh()
+            if self.lost is not None:
+                log.error("lost lock %s: %s", self.info.id, self.lost)
+                if self._owner is not None:
+                    self._owner.cancel()
+                return
 
     async def release(self) -> None:
         if self._refresher is not None:
@@ -163,28 +243,51 @@ class RepositoryLock:
 
 
 async def _try_lock(repo: Repository, lock: RepositoryLock) -> HeldLock | None:
-    """Write `lock` and return the first conflicting lock, or None if it holds."""
+    """Write `lock` and return the first conflicting lock, or None if it holds.
+
+    On a conflict, and on any error after the write, our object is deleted
+    again, so a failed attempt never leaves a lock behind.
+    """
     await lock._write()
+    try:
+        conflict = await _first_conflict(repo, lock.info)
+    except BaseException:
+        with contextlib.suppress(RepositoryError):
+            await repo.storage.delete(lock.path)
+        raise
+    if conflict is not None:
+        await repo.storage.delete(lock.path)
+    return conflict
+
+
+async def _first_conflict(repo: Repository, mine: LockInfo) -> HeldLock | None:
     for held in await list_locks(repo):
-        if held.info.id == lock.info.id:
+        if held.info.id == mine.id:
             continue
-        if not (lock.info.exclusive or held.info.exclusive):
+        # An unreadable lock may have been exclusive, so it blocks prune only.
+        if not (mine.exclusive or held.info.exclusive):
             continue
-        if held.stale and held.info.hostname == socket.gethostname():
+        if held.removable:
             log.warning("removing stale lock: %s", held.describe())
             await repo.storage.delete(held.path)
             continue
-        await repo.storage.delete(lock.path)
         return held
     return None
 
 
 async def acquire(
-    repo: Repository, *, exclusive: bool, command: str, wait: float = 0.0
+    repo: Repository,
+    *,
+    exclusive: bool,
+    command: str,
+    wait: float = 0.0,
+    refresh_seconds: float = LOCK_REFRESH_SECONDS,
 ) -> RepositoryLock:
     """Take a lock, waiting up to `wait` seconds for conflicting locks to go.
 
-    Raises RepositoryLocked naming the holder when the wait runs out.
+    Raises RepositoryLocked naming the holder when the wait runs out, or at
+    once when the conflicting lock is stale: a stale lock does not go by
+    itself. The task that calls this is cancelled if the lock is lost later.
     """
     now = format_timestamp(datetime.now(UTC))
     info = LockInfo(
@@ -195,15 +298,17 @@ async def acquire(
         command=command,
         created=now,
         refreshed=now,
+        scope=process_scope(),
     )
-    lock = RepositoryLock(repo, info)
+    lock = RepositoryLock(repo, info, refresh_seconds=refresh_seconds)
     deadline = time.monotonic() + wait
+    waiting = False
     while True:
         conflict = await _try_lock(repo, lock)
         if conflict is None:
             break
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or conflict.stale:
             hint = "wait for it to finish, or pass --lock-wait SECONDS"
             if conflict.stale:
                 hint = (
@@ -213,8 +318,16 @@ async def acquire(
             raise RepositoryLocked(
                 f"repository {repo.url} is locked: {conflict.describe()}", hint=hint
             )
+        if not waiting:
+            waiting = True
+            log.info(
+                "waiting up to %.0f s for the repository: %s",
+                remaining,
+                conflict.describe(),
+            )
         pause = random.uniform(LOCK_RETRY_MIN_SECONDS, LOCK_RETRY_MAX_SECONDS)
         await asyncio.sleep(min(pause, remaining))
+    lock._owner = asyncio.current_task()
     lock._refresher = asyncio.create_task(lock._refresh_forever())
     log.debug("took %s lock %s", "exclusive" if exclusive else "shared", info.id)
     return lock
@@ -222,12 +335,39 @@ async def acquire(
 
 @contextlib.asynccontextmanager
 async def locked(
-    repo: Repository, *, exclusive: bool, command: str, wait: float = 0.0
+    repo: Repository,
+    *,
+    exclusive: bool,
+    command: str,
+    wait: float = 0.0,
+    refresh_seconds: float = LOCK_REFRESH_SECONDS,
 ) -> AsyncIterator[RepositoryLock]:
-    """Hold a lock for the duration of the block; release it on any exit."""
-    lock = await acquire(repo, exclusive=exclusive, command=command, wait=wait)
+    """Hold a lock for the duration of the block; release it on any exit.
+
+    When the lock is lost while the block runs, the block is cancelled and
+    RepositoryLocked is raised in its place.
+    """
+    lock = await acquire(
+        repo,
+        exclusive=exclusive,
+        command=command,
+        wait=wait,
+        refresh_seconds=refresh_seconds,
+    )
     try:
         yield lock
+    except asyncio.CancelledError:
+        if lock.lost is None:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        raise RepositoryLocked(
+            f"stopped '{command}' because its repository lock {lock.info.id} is "
+            f"lost: {lock.lost}",
+            hint="check that no one ran 'kvsnap unlock' while it ran, then run "
+            "it again",
+        ) from None
     finally:
         await lock.release()
 

@@ -11,7 +11,7 @@ are written as a number and a unit: `90s`, `30m`, `24h`, `30d`, `2w`.
     anomaly_share = 0.2      # hold the previous snapshot when more keys changed
 
     [retention]
-    keep_within = "30d"      # every snapshot younger than this is kept
+    keep_within = "30d"      # keep all within this of the newest snapshot
     keep_last = 0            # and the newest N of each namespace
     keep_daily = 0           # and the newest of each of the last N days ...
     keep_weekly = 0
@@ -47,7 +47,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from kvsnap.errors import ConfigError
 from kvsnap.logs import register_secret
@@ -68,6 +68,9 @@ DEFAULT_DRILL_EVERY = timedelta(days=365)
 DEFAULT_DRILL_SAMPLE = 100
 WEBHOOK_FORMATS = ("json", "slack")
 
+# Longer durations are typing mistakes, and timedelta arithmetic on dates
+# overflows a few thousand years out.
+MAX_DURATION = timedelta(days=100 * 365)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*")
 
@@ -80,7 +83,12 @@ def parse_duration(text: str, *, label: str = "duration") -> timedelta:
             f"invalid {label} {text!r}: expected a positive number and a unit "
             "(s, m, h, d or w), such as 24h or 30d"
         )
-    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ConfigError(
+            f"invalid {label} {text!r}: longer than {MAX_DURATION.days // 365} years"
+        )
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -90,6 +98,14 @@ def format_duration(value: timedelta) -> str:
         if seconds and seconds % _UNIT_SECONDS[unit] == 0:
             return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
     return f"{seconds}s"
+
+
+def format_target(value: timedelta) -> str:
+    """Write an RPO or RTO target as it is usually written: 24h, not 1d."""
+    seconds = int(value.total_seconds())
+    if seconds and seconds < _UNIT_SECONDS["w"] and seconds % _UNIT_SECONDS["h"] == 0:
+        return f"{seconds // _UNIT_SECONDS['h']}h"
+    return format_duration(value)
 
 
 @dataclass(frozen=True)
@@ -191,8 +207,10 @@ def _checked(path: Path, name: str, table: dict[str, Any]) -> dict[str, Any]:
         is_bool = isinstance(value, bool)
         if not isinstance(value, types) or (is_bool and bool not in types):
             expected = " or ".join(t.__name__ for t in types)
+            # Webhook URLs are secrets, so the invalid value is not shown.
+            shown = "(not shown)" if key == "webhooks" else repr(value)
             raise ConfigError(
-                f"{path}: [{name}] {key} = {value!r} is invalid: expected {expected}"
+                f"{path}: [{name}] {key} = {shown} is invalid: expected {expected}"
             )
     return table
 
@@ -281,6 +299,13 @@ def check_schedule(schedule: str) -> None:
             f"invalid [policy] schedule {schedule!r}: not a cron expression",
             hint='fields are minute hour day month weekday, e.g. "30 2 * * *"',
         )
+    try:
+        croniter(schedule).get_next(float)
+    except CroniterBadDateError as exc:
+        raise ConfigError(
+            f"invalid [policy] schedule {schedule!r}: it never fires "
+            "(such as on 30 or 31 February)"
+        ) from exc
 
 
 def _count(value: int, label: str) -> int:

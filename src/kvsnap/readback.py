@@ -11,6 +11,10 @@ Reads use bulk get (100 keys, text, with metadata and expiration). A key
 whose record is binary, or whose bulk value contains U+FFFD (which may stand
 for bytes that are not UTF-8), is read again alone as raw bytes. When the API
 rejects a bulk get, each key of that batch is read alone, value and metadata.
+
+Batches are read concurrently, at most the client's `concurrency` at once,
+and their results are taken in input order. Every request still passes the
+client's own request limit and rate limiter.
 """
 
 from __future__ import annotations
@@ -105,13 +109,9 @@ async def read_back(
     """
     started = clock()
     deadline = started + window_seconds
-    verified = 0
-    differing: list[tuple[_Expected, tuple[str, ...]]] = []
-    for batch in _batches(records, limits.BULK_GET_MAX_KEYS):
-        expected = [_expect(record) for record in batch]
-        found = await _check(client, namespace_id, expected)
-        verified += len(expected) - len(found)
-        differing.extend(found)
+    expected = (_expect(record) for record in records)
+    read, differing = await _check_all(client, namespace_id, expected)
+    verified = read - len(differing)
 
     rounds = 1
     while differing and (remaining := deadline - clock()) > 0:
@@ -124,11 +124,9 @@ async def read_back(
         )
         await sleep(delay)
         rounds += 1
-        still: list[tuple[_Expected, tuple[str, ...]]] = []
-        for batch in _batches(
-            [item for item, _ in differing], limits.BULK_GET_MAX_KEYS
-        ):
-            still.extend(await _check(client, namespace_id, batch))
+        _, still = await _check_all(
+            client, namespace_id, (item for item, _ in differing)
+        )
         verified += len(differing) - len(still)
         differing = still
 
@@ -142,6 +140,45 @@ async def read_back(
             seconds,
         )
     return ReadBackResult(verified, mismatched, seconds, rounds)
+
+
+async def _check_all(
+    client: KvClient, namespace_id: str, expected: Iterable[_Expected]
+) -> tuple[int, list[tuple[_Expected, tuple[str, ...]]]]:
+    """Check the keys in batches of 100, several batches at once.
+
+    Returns the number of keys read and those that differ, in input order.
+    At most `client.concurrency` batches are read at a time, so memory holds
+    the expected states of those batches and the keys that differ. When a
+    batch fails, the others are cancelled and the error is raised.
+    """
+    limit = max(1, client.concurrency)
+    running: dict[asyncio.Task[list[tuple[_Expected, tuple[str, ...]]]], int] = {}
+    found: dict[int, list[tuple[_Expected, tuple[str, ...]]]] = {}
+    read = 0
+
+    async def collect() -> None:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            index = running.pop(task)
+            found[index] = task.result()
+
+    try:
+        for index, batch in enumerate(_batches(expected, limits.BULK_GET_MAX_KEYS)):
+            if len(running) >= limit:
+                await collect()
+            read += len(batch)
+            task = asyncio.create_task(_check(client, namespace_id, batch))
+            running[task] = index
+        while running:
+            await collect()
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+    differing = [item for index in sorted(found) for item in found[index]]
+    return read, differing
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

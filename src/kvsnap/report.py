@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
+import logging
 import re
 import secrets
 import unicodedata
@@ -36,7 +38,9 @@ from kvsnap.errors import ConfigError, ObjectNotFound, RepositoryError
 from kvsnap.format import encode_json
 from kvsnap.limits import STORAGE_CONCURRENCY
 from kvsnap.logs import mask
-from kvsnap.repository import Repository, parse_timestamp
+from kvsnap.repository import Repository, format_timestamp, parse_timestamp
+
+log = logging.getLogger(__name__)
 
 REPORT_FORMAT_VERSION = 1
 REPORTS_DIR = "reports"
@@ -119,14 +123,20 @@ class RtoEstimate(msgspec.Struct, frozen=True, kw_only=True):
     """An estimate of a full restore of the snapshot, with its inputs.
 
     Download and validate were measured on the whole snapshot. Write and
-    read-back are scaled from the sample, and the API budget gives a floor.
+    the first read-back are scaled from the sample, or measured when the
+    drill wrote every restorable key (`measured_in_full`). The wait for
+    eventual consistency is added as measured, and the API budget gives a
+    floor.
     """
 
     seconds: float
     download_seconds: float
     validate_seconds: float
     write_seconds: float
-    read_back_seconds: float
+    read_back_seconds: float  # one read of every key, scaled from the sample
+    # Re-reading keys that differed, as measured. Reports stored before
+    # this field existed scaled that wait into read_back_seconds.
+    consistency_wait_seconds: float = 0.0
     api_budget_seconds: float  # the minimum time the rate limit allows
     keys: int
     body_bytes: int  # bulk-write request bodies for every restorable key
@@ -134,6 +144,9 @@ class RtoEstimate(msgspec.Struct, frozen=True, kw_only=True):
     read_requests: int
     rate_limit_requests: int
     rate_limit_window_seconds: float
+    # The drill wrote and read back every restorable key, so the write and
+    # read-back times are measured, not scaled. Older reports lack it.
+    measured_in_full: bool = False
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -207,6 +220,8 @@ class ReportSummary(msgspec.Struct, frozen=True, kw_only=True):
     rpo_ok: bool | None
     rto_ok: bool | None
     rto_estimate_seconds: float | None
+    # Why report.json could not be decoded; None for a readable report.
+    damaged: str | None = None
 
 
 # Storing and finding reports.
@@ -265,22 +280,91 @@ async def _report_folders(repo: Repository) -> list[str]:
 async def list_reports(repo: Repository) -> list[ReportSummary]:
     """Return the summary of every stored report, oldest first.
 
-    A report.json that cannot be decoded is skipped, so one damaged report
-    does not hide the others.
+    A report.json that cannot be decoded is listed as a failed drill (see
+    `_damaged_summary`), so that a damaged newest report does not let an
+    older passing one count as the last drill.
     """
     gate = asyncio.Semaphore(STORAGE_CONCURRENCY)
 
-    async def load(folder: str) -> ReportSummary | None:
+    async def load(folder: str) -> ReportSummary:
         async with gate:
             data = await repo.storage.get(f"{folder}/report.json")
         try:
             return msgspec.json.decode(data, type=ReportSummary)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("report %s/report.json is damaged: %s", folder, exc)
+            async with gate:
+                markdown = await _read_optional(repo, f"{folder}/report.md")
+            return _damaged_summary(folder, data, markdown, str(exc))
 
-    found = await asyncio.gather(*(load(f) for f in await _report_folders(repo)))
-    summaries = [item for item in found if item is not None]
+    summaries = await asyncio.gather(*(load(f) for f in await _report_folders(repo)))
     return sorted(summaries, key=lambda s: (s.created, s.id))
+
+
+async def _read_optional(repo: Repository, path: str) -> bytes:
+    try:
+        return await repo.storage.get(path)
+    except ObjectNotFound:
+        return b""
+
+
+# A field in the compact JSON that `render_json` writes, as a JSON string.
+_JSON_FIELD_RE = r'"{}"\s*:\s*("(?:[^"\\]|\\.)*")'
+# The "Namespace" row of the Markdown form ends with the namespace id in brackets.
+_MD_NAMESPACE_RE = re.compile(r"^\| Namespace \| .*\(([^()\s|]+)\) \|$", re.MULTILINE)
+
+
+def _damaged_summary(
+    folder: str, data: bytes, markdown: bytes, reason: str
+) -> ReportSummary:
+    """Summarize a report whose report.json cannot be decoded as a failed drill.
+
+    The id and time come from the folder name. The namespace comes from
+    whatever part of report.json is readable (a truncated file still starts
+    with it), else from the Markdown form, else it stays empty, and then
+    `kvsnap status` cannot tie the report to a namespace. `ok`, the
+    targets and the snapshot are never taken from the damaged file; `damaged`
+    holds the decoding error.
+    """
+    name = folder.rpartition("/")[2]
+    match = _FOLDER_RE.fullmatch(name)
+    assert match is not None  # _report_folders lists only matching names
+    moment = datetime.strptime(name[: -len(match["id"]) - 1], "%Y-%m-%dT%H%M%SZ")
+    text = data.decode("utf-8", errors="replace")
+    namespace_id = _json_string(text, "namespace_id")
+    if not namespace_id:
+        found = _MD_NAMESPACE_RE.search(markdown.decode("utf-8", errors="replace"))
+        namespace_id = found[1] if found else ""
+    title = _json_string(text, "namespace_title") or namespace_id or "unknown namespace"
+    return ReportSummary(
+        id=match["id"],
+        kind="drill",
+        created=format_timestamp(moment.replace(tzinfo=UTC)),
+        namespace_id=namespace_id,
+        namespace_title=title,
+        snapshot_id=None,
+        ok=False,
+        rpo_ok=None,
+        rto_ok=None,
+        rto_estimate_seconds=None,
+        damaged=reason,
+    )
+
+
+def _json_string(text: str, field: str) -> str:
+    """Return the first string value of `field` in damaged report JSON, or "".
+
+    The top-level namespace fields come before every nested object, so the
+    first match is the top-level one.
+    """
+    found = re.search(_JSON_FIELD_RE.format(field), text)
+    if found is None:
+        return ""
+    try:
+        value = json.loads(found[1])
+    except ValueError:
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 async def find_report(repo: Repository, selector: str) -> str:
@@ -403,14 +487,25 @@ def plural(count: int, noun: str) -> str:
 
 
 def headline(report: DrillReport) -> str:
-    """Return the one-line outcome: keys checked and mismatches, or the error."""
+    """Return the one-line outcome: keys restored, read back equal, mismatched.
+
+    Keys that --keys-from lists but the snapshot lacks are counted apart:
+    they were never restored, so they are not mismatches of the sandbox.
+    """
     counts = report.counts
     if report.error is not None:
         return f"The drill stopped with an error: {mask(report.error.message)}"
-    return (
-        f"{counts.checked:,} of {plural(counts.selected, 'key')} restored into a "
-        f"sandbox and read back equal, {counts.mismatched:,} mismatched."
-    )
+    differing = counts.mismatched - counts.named_missing
+    parts = [
+        f"{plural(counts.written, 'key')} restored into a sandbox",
+        f"{counts.checked:,} read back equal",
+    ]
+    if differing or not counts.named_missing:
+        parts.append(f"{differing:,} mismatched")
+    if counts.named_missing:
+        listed = "listed key" if counts.named_missing == 1 else "listed keys"
+        parts.append(f"{counts.named_missing:,} {listed} not in the snapshot")
+    return ", ".join(parts) + "."
 
 
 def targets_line(report: DrillReport) -> str:
@@ -601,7 +696,7 @@ def _count_rows(report: DrillReport) -> list[tuple[str, int]]:
         ("Selected for the drill", counts.selected),
         ("Written to the sandbox", counts.written),
         ("Read back equal (value, metadata, expiration)", counts.checked),
-        ("Mismatched", counts.mismatched),
+        ("Read back different", counts.mismatched - counts.named_missing),
     ]
     optional = [
         ("Expired since the backup (not restorable)", counts.expired),
@@ -617,6 +712,9 @@ def _rto_rows(rto: RtoEstimate) -> list[tuple[str, str]]:
         f"{rto.rate_limit_requests:,} requests per "
         f"{format_seconds(rto.rate_limit_window_seconds)}"
     )
+    basis = (
+        "measured on every key" if rto.measured_in_full else "scaled from the sample"
+    )
     return [
         (
             "Download and check every part (measured)",
@@ -628,13 +726,18 @@ def _rto_rows(rto: RtoEstimate) -> list[tuple[str, str]]:
         ),
         (
             f"Write {plural(rto.keys, 'key')}, {format_bytes(rto.body_bytes)} in "
-            f"{plural(rto.write_requests, 'bulk write')} (scaled from the sample)",
+            f"{plural(rto.write_requests, 'bulk write')} ({basis})",
             format_seconds(rto.write_seconds),
         ),
         (
-            f"Read back {plural(rto.keys, 'key')} in "
-            f"{plural(rto.read_requests, 'request')} (scaled from the sample)",
+            f"Read back {plural(rto.keys, 'key')} once in "
+            f"{plural(rto.read_requests, 'request')} ({basis})",
             format_seconds(rto.read_back_seconds),
+        ),
+        (
+            "Re-read keys until KV's eventual consistency caught up "
+            "(measured, not scaled)",
+            format_seconds(rto.consistency_wait_seconds),
         ),
         (
             f"Least time the API budget ({budget}) allows",
@@ -769,7 +872,7 @@ def _html_cards(report: DrillReport) -> str:
     counts = report.counts
     cards = [
         ("Keys checked", f"{counts.checked:,}", f"of {counts.selected:,} selected"),
-        ("Mismatches", f"{counts.mismatched:,}", "value, metadata or expiration"),
+        ("Mismatches", f"{counts.mismatched:,}", _mismatch_note(counts)),
         (
             "RPO",
             format_seconds(report.snapshot_age_seconds),
@@ -792,6 +895,12 @@ def _html_cards(report: DrillReport) -> str:
         )
     ]
     return '<div class="cards">' + "".join(html_cards) + "</div>"
+
+
+def _mismatch_note(counts: Counts) -> str:
+    if not counts.named_missing:
+        return "value, metadata or expiration"
+    return f"of which {counts.named_missing:,} listed but not in the snapshot"
 
 
 def _html_problems(report: DrillReport) -> list[str]:

@@ -108,11 +108,17 @@ def manifest_path(namespace_id: str, read_started: datetime, snapshot_id: str) -
     return f"{SNAPSHOTS_DIR}/{namespace_id}/{name}"
 
 
+def snapshot_folder(namespace_id: str, read_started: datetime, snapshot_id: str) -> str:
+    """Return the folder data/<namespace id>/<UTC day>/<snapshot id> of the parts."""
+    day = f"{read_started.astimezone(UTC):%Y-%m-%d}"
+    return f"{DATA_DIR}/{namespace_id}/{day}/{snapshot_id}"
+
+
 def part_path(
     namespace_id: str, read_started: datetime, snapshot_id: str, number: int
 ) -> str:
-    day = f"{read_started.astimezone(UTC):%Y-%m-%d}"
-    return f"{DATA_DIR}/{namespace_id}/{day}/{snapshot_id}/{number:06d}{PART_SUFFIX}"
+    folder = snapshot_folder(namespace_id, read_started, snapshot_id)
+    return f"{folder}/{number:06d}{PART_SUFFIX}"
 
 
 def manifest_path_of(manifest: Manifest) -> str:
@@ -565,10 +571,19 @@ def _manifest_problem(manifest: Manifest, entry: ManifestEntry) -> str | None:
             f" {manifest.namespace_id}, but its name says otherwise"
         )
     try:
-        parse_timestamp(manifest.read_started)
+        started = parse_timestamp(manifest.read_started)
         parse_timestamp(manifest.read_finished)
     except ValueError as exc:
         return f"invalid timestamp: {exc}"
+    # Prune deletes the objects that a manifest names, so a manifest may name
+    # only itself and the parts in its own snapshot folder.
+    expected_path = manifest_path(manifest.namespace_id, started, manifest.id)
+    if entry.path != expected_path:
+        return (
+            f"its name does not match its read start {manifest.read_started}"
+            f" (expected {expected_path})"
+        )
+    folder = snapshot_folder(manifest.namespace_id, started, manifest.id)
     for expected_number, part in enumerate(manifest.parts, start=1):
         if part.number != expected_number:
             return f"part {part.number} is listed where part {expected_number} belongs"
@@ -576,8 +591,12 @@ def _manifest_problem(manifest: Manifest, entry: ManifestEntry) -> str | None:
             check_object_path(part.path)
         except ValueError:
             return f"part {part.number} has an invalid path {part.path!r}"
-        if not part.path.startswith(DATA_DIR + "/"):
-            return f"part {part.number} path {part.path!r} is outside {DATA_DIR}/"
+        name = part.path.removeprefix(folder + "/")
+        if name == part.path or "/" in name:
+            return (
+                f"part {part.number} path {part.path!r} is outside the snapshot's"
+                f" folder {folder}/"
+            )
     return None
 
 

@@ -87,10 +87,20 @@ class Selection:
         globs: Iterable[str] = (),
         keys_files: Iterable[Path] = (),
     ) -> Selection:
-        """Combine --key, --prefix, --glob and --keys-from into one selection."""
+        """Combine --key, --prefix, --glob and --keys-from into one selection.
+
+        A keys file without a key raises ConfigError: an empty selection
+        means every key, which is never what an empty file asks for.
+        """
         chosen = set(keys)
         for path in keys_files:
-            chosen.update(parse_keys_file(path))
+            listed = parse_keys_file(path)
+            if not listed:
+                raise ConfigError(
+                    f"keys file {path} lists no key, so nothing would be selected",
+                    hint="check the file; to restore every key, leave out --keys-from",
+                )
+            chosen.update(listed)
         return cls(frozenset(chosen), tuple(prefixes), tuple(globs))
 
     @property

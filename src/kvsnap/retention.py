@@ -3,27 +3,45 @@
 `plan_prune` is pure. It groups the snapshots by namespace and applies the
 rules of a `Retention` to each group, with every calendar in UTC:
 
-- keep_within D: every snapshot whose read started at most D before `now`;
+- keep_within D: every snapshot whose read started at most D before the
+  newest snapshot of its namespace, or before `now` when that is earlier.
+  Like restic's `forget --keep-within`, the window ends at the newest
+  snapshot, so a prune host whose clock runs ahead, or a namespace that is
+  no longer backed up, still keeps its last D of snapshots;
 - keep_last N: the N newest snapshots;
 - keep_daily, keep_weekly, keep_monthly, keep_yearly N: the newest snapshot
   of each of the N newest days, ISO weeks, months or years that contain a
   snapshot (days without a snapshot do not use up a slot), as restic's
-  `forget --keep-daily` and its siblings count (restic-forget(1)). Unlike
-  restic's `--keep-within`, which counts back from the newest snapshot,
-  keep_within here counts back from `now`.
+  `forget --keep-daily` and its siblings count (restic-forget(1)).
 
-Two kinds of snapshot are never removed, whatever the rules:
+Three kinds of snapshot stand apart from the rules:
 
-- per namespace, the newest snapshot whose latest verify passed (a
-  `VerifyRecord` with `ok` and no failed full read). Pre-restore snapshots
-  hold only the keys a restore replaced, so they never count as that copy.
-  When no backup of the namespace passed verification, its newest
-  snapshot is kept instead.
+- Snapshots dated more than `FUTURE_TOLERANCE` after `now` were written by
+  a host whose clock ran ahead. They are kept with the reason
+  `REASON_FUTURE` and take part in no rule, so they neither take the
+  keep_last or calendar slots of real snapshots nor move the keep_within
+  window.
+- Pre-restore snapshots contain only the keys that a restore replaced, so
+  they take no keep_last or calendar slot from full backups. Only
+  keep_within, a hold, or being the newest pre-restore snapshot of their
+  namespace (`REASON_NEWEST_PRE_RESTORE`, the undo of the latest restore)
+  keeps them.
+- Imported snapshots (`kvsnap import`) follow the rules like backups, but
+  get the "newest verified" protection below only in a namespace without a
+  verified backup.
+
+Besides snapshots dated in the future and the newest pre-restore snapshot
+of each namespace, two kinds of snapshot are never removed, whatever the
+rules:
+
+- per namespace, the newest backup whose latest verify passed (a
+  `VerifyRecord` with `ok` and no failed full read) that is neither a
+  pre-restore nor an imported snapshot. When the namespace has no such
+  backup, the newest verified imported snapshot is kept instead. When no
+  backup or import passed verification, the newest backup is kept, or
+  without one the newest import.
 - held snapshots (anomaly holds and manual holds), until someone releases
   the hold.
-
-Pre-restore snapshots otherwise follow the same rules as backups, and they
-take up `keep_last` and calendar slots like any other snapshot.
 
 `prune` applies a plan to a repository under the exclusive lock: for each
 removed snapshot it deletes the manifest first (so the snapshot stops
@@ -48,6 +66,7 @@ from kvsnap.lock import locked
 from kvsnap.policy import Retention, format_duration
 from kvsnap.repository import (
     DATA_DIR,
+    IMPORTED_TAG,
     PART_SUFFIX,
     PRE_RESTORE_TAG,
     SNAPSHOT_ID_RE,
@@ -70,8 +89,15 @@ log = logging.getLogger(__name__)
 # and for a lock that someone broke with `kvsnap unlock`.
 ORPHAN_GRACE = timedelta(hours=24)
 
+# Snapshots dated later than `now` plus this were written by a host whose
+# clock ran ahead. The margin covers ordinary drift between hosts and the
+# seconds between a backup's start and a prune in the same run.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
 REASON_NEWEST_VERIFIED = "newest verified"
 REASON_NEWEST_UNVERIFIED = "newest (none verified)"
+REASON_NEWEST_PRE_RESTORE = "newest pre-restore"
+REASON_FUTURE = "dated in the future (clock skew?)"
 
 
 @dataclass(frozen=True)
@@ -135,13 +161,23 @@ def _namespace_reasons(
     reasons: dict[str, list[str]] = {manifest.id: [] for manifest in newest_first}
     started = {m.id: parse_timestamp(m.read_started) for m in newest_first}
 
-    if retention.keep_within is not None:
+    # Snapshots from a clock that ran ahead take part in no rule below.
+    dated: list[Manifest] = []
+    for manifest in newest_first:
+        if started[manifest.id] > now + FUTURE_TOLERANCE:
+            reasons[manifest.id].append(REASON_FUTURE)
+        else:
+            dated.append(manifest)
+    full = [m for m in dated if PRE_RESTORE_TAG not in m.tags]
+
+    if retention.keep_within is not None and dated:
         label = f"within {format_duration(retention.keep_within)}"
-        for manifest in newest_first:
-            if now - started[manifest.id] <= retention.keep_within:
+        window_end = min(now, started[dated[0].id])
+        for manifest in dated:
+            if window_end - started[manifest.id] <= retention.keep_within:
                 reasons[manifest.id].append(label)
 
-    for number, manifest in enumerate(newest_first[: retention.keep_last], start=1):
+    for number, manifest in enumerate(full[: retention.keep_last], start=1):
         reasons[manifest.id].append(f"last {number}")
 
     calendars: list[tuple[str, int, Callable[[datetime], Hashable]]] = [
@@ -151,13 +187,16 @@ def _namespace_reasons(
         ("yearly", retention.keep_yearly, lambda moment: moment.year),
     ]
     for name, count, bucket_of in calendars:
-        _keep_per_bucket(newest_first, started, reasons, name, count, bucket_of)
+        _keep_per_bucket(full, started, reasons, name, count, bucket_of)
 
-    protected = _newest_verified(newest_first, verified)
+    pre_restores = [m for m in dated if PRE_RESTORE_TAG in m.tags]
+    if pre_restores:
+        reasons[pre_restores[0].id].append(REASON_NEWEST_PRE_RESTORE)
+
+    protected = _protected(dated, verified)
     if protected is not None:
-        reasons[protected.id].append(REASON_NEWEST_VERIFIED)
-    elif newest_first:
-        reasons[newest_first[0].id].append(REASON_NEWEST_UNVERIFIED)
+        manifest, reason = protected
+        reasons[manifest.id].append(reason)
 
     for manifest in newest_first:
         if manifest.id in held:
@@ -188,14 +227,31 @@ def _keep_per_bucket(
         reasons[manifest.id].append(f"{name} {kept}")
 
 
-def _newest_verified(
+def _protected(
     newest_first: list[Manifest], verified: Mapping[str, VerifyRecord]
-) -> Manifest | None:
+) -> tuple[Manifest, str] | None:
+    """Choose the one full copy of a namespace that no rule may remove.
+
+    A verified backup comes first, then a verified import, then the newest
+    backup or import when none passed. Pre-restore snapshots contain only
+    the keys a restore replaced, so they are never chosen.
+    """
+    backups = []
+    imports = []
     for manifest in newest_first:
         if PRE_RESTORE_TAG in manifest.tags:
             continue
-        if passed_verify(verified.get(manifest.id)):
-            return manifest
+        if IMPORTED_TAG in manifest.tags:
+            imports.append(manifest)
+        else:
+            backups.append(manifest)
+    for group in (backups, imports):
+        for manifest in group:
+            if passed_verify(verified.get(manifest.id)):
+                return manifest, REASON_NEWEST_VERIFIED
+    for group in (backups, imports):
+        if group:
+            return group[0], REASON_NEWEST_UNVERIFIED
     return None
 
 
@@ -267,8 +323,10 @@ async def prune(
     Takes the exclusive lock (raises RepositoryLocked when another process
     holds any lock after `lock_wait` seconds). A dry run takes a shared lock
     instead and deletes nothing; its result lists what a real run would
-    remove. `now` is the time that keep_within counts back from (default:
-    the current time); orphans always age against the current time.
+    remove. `now` (default: the current time) dates the plan: keep_within
+    counts back from it or from a namespace's newest snapshot, whichever is
+    earlier, and snapshots dated after it are kept as clock skew. Orphans
+    always age against the current time.
     `namespace` (id or title) limits both steps to one namespace and
     raises SnapshotNotFound when it has no snapshot. Snapshots with an
     unreadable manifest are never removed and their parts are not orphans.
@@ -298,6 +356,17 @@ async def prune(
             removed=plan.remove,
             unreadable=[item.path for item in unreadable],
         )
+        for manifest, reasons in plan.keep:
+            if REASON_FUTURE in reasons:
+                log.warning(
+                    "keeping snapshot %s out of the retention rules: it started"
+                    " at %s, later than now (%s); check the clock of host %s",
+                    manifest.id,
+                    manifest.read_started,
+                    format_timestamp(now),
+                    manifest.hostname or "unknown",
+                    extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
+                )
         for item in unreadable:
             log.warning(
                 "leaving snapshot %s alone: its manifest is invalid: %s",

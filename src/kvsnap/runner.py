@@ -12,7 +12,9 @@ what `kvsnap daemon` repeats. The steps, in order:
    never or least recently read first, plus every one that is overdue;
 5. prune by `[retention]` under an exclusive lock; when another process
    holds the repository, prune is skipped for this run with a warning,
-   because the next run prunes the same snapshots;
+   because the next run prunes the same snapshots. When the lock in the way
+   is stale, the run fails with exit 23 instead: a lock left by a killed
+   process would otherwise stop every later prune without a word;
 6. grade every namespace (kvsnap.status);
 7. with `[drill] automatic = true`, drill each namespace whose last drill
    is older than `[drill] every` (or that never had one), then grade again.
@@ -21,12 +23,16 @@ The pass is idempotent: running it twice in a row makes a second snapshot
 of each namespace and changes nothing else. Its exit code is the first
 failure among the steps: the backup's code (3 when only some namespaces
 failed), then 4 when a verify failed, then 8 when an anomaly held a
-snapshot, then the exit code of a failed drill, else 0. Failures, anomalies
+snapshot, then the exit code of a failed drill, then 23 when a stale lock
+blocked prune, else 0. The status grades are reported beside the exit code,
+not in it: `kvsnap status` exits with them. Failures, anomalies
 and (when asked) successes are sent to the webhooks of the policy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -44,14 +50,17 @@ from kvsnap.config import Settings
 from kvsnap.drill import DrillOptions, DrillResult, run_drill
 from kvsnap.errors import (
     EXIT_ANOMALY,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_VERIFY,
     ConfigError,
     KvsnapError,
     RepositoryLocked,
+    VerifyError,
 )
 from kvsnap.format import Manifest
-from kvsnap.lock import locked
+from kvsnap.lock import list_locks, locked
 from kvsnap.logs import run_context
 from kvsnap.policy import Policy
 from kvsnap.progress import Reporter
@@ -59,7 +68,7 @@ from kvsnap.repository import Repository, format_timestamp, parse_timestamp
 from kvsnap.retention import prune
 from kvsnap.state import VerifyRecord, verify_records
 from kvsnap.status import StatusReport, collect_status
-from kvsnap.verify import VerifyResult, save_result, verify_snapshot
+from kvsnap.verify import Problem, VerifyResult, save_result, verify_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,8 @@ log = logging.getLogger(__name__)
 # this run (the next run prunes the same snapshots).
 BACKUP_LOCK_WAIT_SECONDS = 600.0
 PRUNE_LOCK_WAIT_SECONDS = 60.0
+# How long an interrupted run may spend telling the webhooks before it stops.
+NOTIFY_ON_STOP_SECONDS = 15.0
 
 
 def new_run_id() -> str:
@@ -87,6 +98,7 @@ class RunResult:
     verified: list[VerifyResult] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
     pruned: dict[str, Any] | None = None
+    prune_blocked: str | None = None  # a stale lock that kept prune from running
     drills: list[DrillResult] = field(default_factory=list)
     prune_skipped: str | None = None
     status: StatusReport | None = None
@@ -118,12 +130,15 @@ class RunResult:
             "anomalies": [dataclasses.asdict(a) for a in self.anomalies],
             "prune": self.pruned,
             "prune_skipped": self.prune_skipped,
+            "prune_blocked": self.prune_blocked,
             "drills": [
                 {
                     "report": d.report.id,
                     "namespace_id": d.report.namespace_id,
-                    "ok": d.ok,
+                    "ok": d.ok and d.started,
+                    "started": d.started,
                     "exit_code": d.exit_code,
+                    "error": d.error.message if d.error else None,
                     "stored": d.stored_folder,
                 }
                 for d in self.drills
@@ -139,7 +154,12 @@ async def run_policy(
     run_id: str | None = None,
     reporter: Reporter | None = None,
 ) -> RunResult:
-    """Run one pass; errors end up in the result, never raised (but Ctrl-C is)."""
+    """Run one pass and return its result.
+
+    A KvsnapError ends the pass and goes into the result. An interruption
+    is recorded and alerted, then raised again; other exceptions are bugs
+    and propagate.
+    """
     result = RunResult(
         run_id=run_id or new_run_id(), started=format_timestamp(datetime.now(UTC))
     )
@@ -148,6 +168,16 @@ async def run_policy(
         log.info("run started")
         try:
             await _run(settings, policy, result, reporter)
+        except asyncio.CancelledError:
+            # Ctrl-C, SIGTERM (a scheduler's timeout) or the daemon stopping:
+            # an alert matters most here, so send it before going on.
+            result.error = "interrupted before the run finished"
+            result.exit_code = EXIT_INTERRUPTED
+            result.seconds = round(time.monotonic() - start, 3)
+            log.error("run interrupted after %.1f s", result.seconds)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_notify(policy, result), NOTIFY_ON_STOP_SECONDS)
+            raise
         except KvsnapError as exc:
             result.error = exc.message
             result.exit_code = exc.exit_code
@@ -185,6 +215,8 @@ async def _run(
         chosen = await client.resolve_namespaces(
             settings.namespaces, all_namespaces=settings.all_namespaces
         )
+        # With `all`, every namespace of the account must have a snapshot.
+        expected = list(settings.namespaces) or [ns.id for ns in chosen]
         repo = await Repository.open_or_init(url, account_id=client.account_id)
         async with locked(
             repo,
@@ -204,13 +236,9 @@ async def _run(
             await _full_reads(repo, policy, result)
 
     await _prune(repo, policy, result)
-    result.status = await collect_status(
-        repo, policy, expected=list(settings.namespaces)
-    )
+    result.status = await collect_status(repo, policy, expected=expected)
     if policy.drill_automatic and await _drills(settings, policy, repo, result):
-        result.status = await collect_status(
-            repo, policy, expected=list(settings.namespaces)
-        )
+        result.status = await collect_status(repo, policy, expected=expected)
     result.exit_code = _exit_code(result)
 
 
@@ -244,6 +272,14 @@ async def _drills(
             )
             drill = await run_drill(repo, client, settings, policy, options)
             result.drills.append(drill)
+            if not drill.started:
+                log.error(
+                    "drill of %s could not start: %s",
+                    namespace_id,
+                    drill_failure(drill),
+                    extra={"namespace": namespace_id},
+                )
+                continue
             log.info(
                 "drill %s of %s: %s",
                 drill.report.id,
@@ -271,9 +307,39 @@ async def _check_new(repo: Repository, policy: Policy, result: RunResult) -> Non
                 extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
             )
             continue
-        anomaly = await check_anomaly(repo, manifest, share=policy.anomaly_share)
+        try:
+            anomaly = await check_anomaly(repo, manifest, share=policy.anomaly_share)
+        except VerifyError as exc:
+            # The comparison read every record of the new snapshot and found
+            # damage that the quick verify could not see.
+            damaged = failed_result(manifest, exc.message)
+            await save_result(repo, damaged)
+            result.verified.append(damaged)
+            log.error(
+                "new snapshot %s is damaged: %s",
+                manifest.id,
+                exc.message,
+                extra={"snapshot": manifest.id, "namespace": manifest.namespace_id},
+            )
+            continue
         if anomaly is not None:
             result.anomalies.append(anomaly)
+
+
+def failed_result(manifest: Manifest, message: str) -> VerifyResult:
+    """Return a failed full-read result of `manifest` for a problem found elsewhere."""
+    return VerifyResult(
+        snapshot_id=manifest.id,
+        namespace_id=manifest.namespace_id,
+        namespace_title=manifest.namespace_title,
+        read_started=manifest.read_started,
+        read_data=True,
+        ok=False,
+        parts_checked=len(manifest.parts),
+        records_checked=0,
+        bytes_read=0,
+        problems=[Problem(path="(records)", message=message)],
+    )
 
 
 def choose_full_reads(
@@ -324,6 +390,17 @@ async def _full_reads(repo: Repository, policy: Policy, result: RunResult) -> No
 
 
 async def _prune(repo: Repository, policy: Policy, result: RunResult) -> None:
+    # A stale lock never goes by itself, so waiting for it would be pointless.
+    stale = [held for held in await list_locks(repo) if held.stale]
+    if stale:
+        result.prune_blocked = stale[0].describe()
+        result.prune_skipped = f"blocked by {result.prune_blocked}"
+        log.error(
+            "a stale lock keeps prune from running: %s; remove it with "
+            "'kvsnap unlock' if no kvsnap process runs",
+            result.prune_blocked,
+        )
+        return
     try:
         pruned = await prune(
             repo,
@@ -345,8 +422,12 @@ def _exit_code(result: RunResult) -> int:
         return EXIT_VERIFY
     if result.anomalies:
         return EXIT_ANOMALY
-    failed = [drill.exit_code for drill in result.drills if not drill.ok]
-    return failed[0] if failed else EXIT_OK
+    failed = [d.exit_code for d in result.drills if not d.ok or not d.started]
+    if failed:
+        return failed[0]
+    if result.prune_blocked:
+        return EXIT_LOCKED
+    return EXIT_OK
 
 
 async def _notify(policy: Policy, result: RunResult) -> None:
@@ -362,7 +443,9 @@ async def _notify(policy: Policy, result: RunResult) -> None:
                 details=dataclasses.asdict(anomaly),
             ),
         )
-    if result.exit_code not in (EXIT_OK, EXIT_ANOMALY):
+    # An anomaly sets the exit code, so a failed drill beside it is looked
+    # for separately.
+    if result.exit_code not in (EXIT_OK, EXIT_ANOMALY) or failed_steps(result):
         await notify.send(
             policy,
             notify.Event(
@@ -384,10 +467,17 @@ async def _notify(policy: Policy, result: RunResult) -> None:
         )
 
 
-def failure_summary(result: RunResult) -> str:
-    """One line naming what failed, for alerts."""
-    if result.error:
-        return f"kvsnap run {result.run_id} failed: {result.error}"
+def drill_failure(drill: DrillResult) -> str:
+    """Describe a failed drill: its stored report, or why it could not start."""
+    name = drill.report.namespace_title or drill.report.namespace_id
+    if not drill.started:
+        reason = drill.error.message if drill.error else "unknown error"
+        return f"restore drill of {name} could not start: {reason}"
+    return f"restore drill {drill.report.id} of {name}"
+
+
+def failed_steps(result: RunResult) -> list[str]:
+    """Name each step of the pass that failed, for alerts."""
     failed = []
     if result.backup:
         failed += [
@@ -396,12 +486,18 @@ def failure_summary(result: RunResult) -> str:
             if not ns.ok
         ]
     failed += [f"verify of {r.snapshot_id}" for r in result.verified if not r.ok]
-    failed += [
-        f"restore drill {d.report.id} of {d.report.namespace_title}"
-        for d in result.drills
-        if not d.ok
-    ]
-    return f"kvsnap run {result.run_id} failed: " + "; ".join(failed or ["see logs"])
+    if result.prune_blocked:
+        failed.append(f"prune, blocked by a stale lock: {result.prune_blocked}")
+    failed += [drill_failure(d) for d in result.drills if not d.ok or not d.started]
+    return failed
+
+
+def failure_summary(result: RunResult) -> str:
+    """One line naming what failed, for alerts."""
+    if result.error:
+        return f"kvsnap run {result.run_id} failed: {result.error}"
+    failed = failed_steps(result) or ["see logs"]
+    return f"kvsnap run {result.run_id} failed: " + "; ".join(failed)
 
 
 def success_summary(result: RunResult) -> str:

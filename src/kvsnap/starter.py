@@ -164,7 +164,8 @@ def starter_file(
         _line(
             "keep_within",
             format_duration(DEFAULT_KEEP_WITHIN),
-            'keep every snapshot younger than this; "0" turns the rule off',
+            "keep every snapshot within this of the newest one (or of now, if"
+            ' earlier); "0" turns the rule off',
         ),
         _line("keep_last", 0, "keep the newest N snapshots of each namespace"),
         _line("keep_daily", 0, "keep the newest snapshot of each of N days"),

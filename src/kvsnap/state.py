@@ -6,8 +6,9 @@ them under `state/`, one small JSON object per snapshot:
     state/verify/<snapshot id>.json   the last quick and the last full check
     state/holds/<snapshot id>.json    a hold that keeps the snapshot from prune
 
-Both are advisory for reading (a lost verify record only means the snapshot
-is checked again) and binding for prune (a held snapshot is never removed).
+Verify records are advisory: an unreadable one only means the snapshot is
+checked again. Holds are binding for prune, so an unreadable hold object
+still holds the snapshot named by its file name.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ async def record_verify(
 
 async def verify_records(repo: Repository) -> dict[str, VerifyRecord]:
     """Return every verify record by snapshot id."""
-    records = await _read_all(repo, VERIFY_DIR, VerifyRecord)
-    return {record.snapshot_id: record for record in records}
+    paths = [path for path, _size in await repo.storage.list(VERIFY_DIR)]
+    records = await _read_all(repo, paths, VerifyRecord)
+    return {record.snapshot_id: record for record in records if record is not None}
 
 
 async def add_hold(repo: Repository, hold: Hold) -> None:
@@ -113,18 +115,37 @@ async def add_hold(repo: Repository, hold: Hold) -> None:
 
 
 async def holds(repo: Repository) -> list[Hold]:
-    """Return every hold, oldest first."""
-    found = await _read_all(repo, HOLDS_DIR, Hold)
-    return sorted(found, key=lambda hold: (hold.created, hold.snapshot_id))
+    """Return every hold, oldest first; an unreadable one holds by its file name."""
+    paths = [path for path, _size in await repo.storage.list(HOLDS_DIR)]
+    found = await _read_all(repo, paths, Hold)
+    result = []
+    for path, hold in zip(paths, found, strict=True):
+        if hold is None:
+            snapshot_id = path.rpartition("/")[2].removesuffix(".json")
+            hold = Hold(
+                snapshot_id=snapshot_id,
+                namespace_id="",
+                created="",
+                reason=f"its hold object {path} is unreadable; "
+                "release it to let prune remove the snapshot",
+            )
+        result.append(hold)
+    return sorted(result, key=lambda hold: (hold.created, hold.snapshot_id))
 
 
 async def release_hold(repo: Repository, snapshot_id: str) -> Hold | None:
     """Remove the hold on a snapshot; return it, or None if it was not held."""
     path = hold_path(snapshot_id)
+    if not await repo.storage.exists(path):
+        return None
     hold = await _read(repo, path, Hold)
-    if hold is not None:
-        await repo.storage.delete(path)
-    return hold
+    await repo.storage.delete(path)
+    return hold or Hold(
+        snapshot_id=snapshot_id,
+        namespace_id="",
+        created="",
+        reason="unreadable hold object",
+    )
 
 
 async def forget_snapshot(repo: Repository, snapshot_id: str) -> None:
@@ -144,13 +165,14 @@ async def _read(repo: Repository, path: str, kind: type[T]) -> T | None:
         return None
 
 
-async def _read_all(repo: Repository, folder: str, kind: type[T]) -> list[T]:
-    paths = [path for path, _size in await repo.storage.list(folder)]
+async def _read_all(
+    repo: Repository, paths: list[str], kind: type[T]
+) -> list[T | None]:
+    """Read each path in order; None stands for a missing or unreadable object."""
     gate = asyncio.Semaphore(STORAGE_CONCURRENCY)
 
     async def one(path: str) -> T | None:
         async with gate:
             return await _read(repo, path, kind)
 
-    found = await asyncio.gather(*(one(path) for path in paths))
-    return [item for item in found if item is not None]
+    return list(await asyncio.gather(*(one(path) for path in paths)))

@@ -5,12 +5,14 @@ drill reports of a repository and grades each namespace:
 
 - **breach** (exit 2): no snapshot at all; the newest snapshot that did not
   fail verification is older than the RPO target; the newest snapshot
-  failed verification; the last drill failed or its RTO estimate missed
-  the target.
+  failed verification (its latest check, or any full read of it); the
+  newest snapshot is dated in the future, so its age cannot be trusted;
+  the last drill failed or its RTO estimate missed the target.
 - **warning** (exit 1): the newest snapshot was never verified; snapshots
   are overdue for a full read (`[verify] read_data_within`); no drill ran
   within `[drill] every`; a snapshot is held (an anomaly waits for a
-  person); the repository holds a stale lock.
+  person). The repository as a whole warns when it has a stale lock, an
+  unreadable manifest or an unreadable hold.
 - **ok** (exit 0): none of the above.
 
 RPO age is counted from the start of the snapshot's read, the earliest
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 
 from kvsnap.format import Manifest
 from kvsnap.lock import list_locks
-from kvsnap.policy import Policy, format_duration
+from kvsnap.policy import Policy, format_duration, format_target
 from kvsnap.report import ReportSummary, list_reports
 from kvsnap.repository import (
     IMPORTED_TAG,
@@ -34,9 +36,12 @@ from kvsnap.repository import (
     format_timestamp,
     parse_timestamp,
 )
+from kvsnap.retention import passed_verify
 from kvsnap.state import Hold, VerifyRecord, holds, verify_records
 
 OK, WARNING, BREACH = "ok", "warning", "breach"
+# A snapshot this far ahead of the local clock is dated in the future.
+FUTURE_TOLERANCE_SECONDS = 300
 _LEVEL_CODES = {OK: 0, WARNING: 1, BREACH: 2}
 
 
@@ -48,6 +53,7 @@ class NamespaceStatus:
     namespace_title: str
     level: str = OK
     reasons: list[str] = field(default_factory=list)
+    reason_levels: list[str] = field(default_factory=list)  # one per reason
     snapshots: int = 0
     stored_bytes: int = 0
     keys: int = 0
@@ -69,6 +75,7 @@ class NamespaceStatus:
     def raise_to(self, level: str, reason: str) -> None:
         """Record a reason and lift the level to `level` if it is worse."""
         self.reasons.append(reason)
+        self.reason_levels.append(level)
         if _LEVEL_CODES[level] > _LEVEL_CODES[self.level]:
             self.level = level
 
@@ -118,7 +125,7 @@ async def collect_status(
     without snapshots is a breach. `namespace` limits the report to one.
     """
     now = now or datetime.now(UTC)
-    manifests = await repo.snapshots(namespace)
+    manifests, unreadable = await repo.scan_snapshots(namespace)
     verified = await verify_records(repo)
     held = await holds(repo)
     drills = [r for r in await list_reports(repo) if r.kind == "drill"]
@@ -144,6 +151,14 @@ async def collect_status(
             missing.raise_to(BREACH, "no snapshot in the repository")
             report.namespaces.append(missing)
 
+    for item in unreadable:
+        report.notes.append(
+            f"manifest {item.path} is unreadable: {item.reason} "
+            f"(kvsnap verify {item.entry.snapshot_id})"
+        )
+    for hold in held:
+        if not hold.namespace_id:
+            report.notes.append(f"snapshot {hold.snapshot_id} is held: {hold.reason}")
     for lock in await list_locks(repo):
         if lock.stale:
             report.notes.append(
@@ -210,16 +225,25 @@ def _grade_rpo(
     status.newest_snapshot_at = newest.read_started
     status.newest_snapshot_age = _age(newest.read_started, now)
 
+    if status.newest_snapshot_age < -FUTURE_TOLERANCE_SECONDS:
+        status.raise_to(
+            BREACH,
+            f"newest snapshot {newest.id} is dated in the future "
+            f"({newest.read_started}): check the clocks of the backup hosts",
+        )
+
     record = verified.get(newest.id)
     if record is None:
         status.raise_to(WARNING, f"newest snapshot {newest.id} was never verified")
     else:
         status.last_verify_at = record.checked
-        status.last_verify_ok = record.ok
-        if not record.ok:
+        status.last_verify_ok = passed_verify(record)
+        if not passed_verify(record):
             status.raise_to(BREACH, f"newest snapshot {newest.id} failed verification")
 
-    usable = [m for m in backups if (r := verified.get(m.id)) is None or r.ok]
+    usable = [
+        m for m in backups if (r := verified.get(m.id)) is None or passed_verify(r)
+    ]
     if not usable:
         status.raise_to(BREACH, "every backup snapshot failed verification")
         return
@@ -228,8 +252,8 @@ def _grade_rpo(
     if status.rpo_age > policy.rpo.total_seconds():
         status.raise_to(
             BREACH,
-            f"newest usable snapshot is {_hours(status.rpo_age)} old, over the "
-            f"RPO target of {format_duration(policy.rpo)}",
+            f"newest usable snapshot is {format_age(status.rpo_age)} old, over the "
+            f"RPO target of {format_target(policy.rpo)}",
         )
 
 
@@ -279,7 +303,7 @@ def _grade_drill(
         status.raise_to(
             BREACH,
             f"last restore drill ({last.id}) estimated a full restore over the "
-            f"RTO target of {format_duration(policy.rto)}",
+            f"RTO target of {format_target(policy.rto)}",
         )
     if status.last_drill_age > policy.drill_every.total_seconds():
         status.raise_to(
@@ -288,7 +312,12 @@ def _grade_drill(
         )
 
 
-def _hours(seconds: float) -> str:
+def format_age(seconds: float) -> str:
+    """Write an age in the unit a reader expects: 40 s, 25 min, 7.5 h, 12 d."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"

@@ -111,9 +111,12 @@ def drill(
     Writes a report (Markdown, HTML, JSON) to --output and into the
     repository under reports/. Exit codes: 0 passed, 7 keys differ after the
     restore, 4 the snapshot is damaged, holds invalid records or no key to
-    restore, 10 configuration error, 11 token rejected, 12 API failed, 22 no
-    snapshot, 23 repository locked. A missed RPO or RTO target is shown in the report
-    and on stderr but does not change the exit code.
+    restore, 10 configuration error, 11 token rejected, 12 API failed, 20
+    repository or local file error, 22 no snapshot, 23 repository locked,
+    130 interrupted. A drill that stops before its sandbox is ready (unknown
+    snapshot or sandbox, bad --keys-from file) writes no report and sends no
+    webhook. A missed RPO or RTO target is shown in the report and on stderr
+    but does not change the exit code.
     """
     flags = (("--sample", sample), ("--all", all_keys), ("--keys-from", keys_from))
     chosen = [flag for flag, given in flags if given]
@@ -146,6 +149,10 @@ def drill(
         lock_wait=lock_wait,
     )
     result = asyncio.run(_drill(settings, policy, options))
+    if not result.started:
+        # Nothing was tried: no report, and the error is shown as such.
+        assert result.error is not None
+        raise result.error
     files = write_report_files(result.report, output)
     if as_json:
         print_json(
@@ -169,7 +176,8 @@ async def _drill(
     repo = await Repository.open(settings.require_repository())
     async with open_client(settings) as client:
         result = await run_drill(repo, client, settings, policy, options)
-    await _announce(policy, result)
+    if result.started:
+        await _announce(policy, result)
     return result
 
 

@@ -26,7 +26,8 @@ def prune_command(
     keep_within: str | None = typer.Option(
         None,
         "--keep-within",
-        help="Keep every snapshot younger than this, e.g. 30d, 36h, 2w.",
+        help="Keep every snapshot within this of the namespace's newest snapshot"
+        " (or of now, if earlier), e.g. 30d, 36h, 2w.",
         show_default=False,
     ),
     keep_last: int | None = typer.Option(
@@ -98,8 +99,9 @@ def prune_command(
     flags = (keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     if keep_within is not None or any(flag is not None for flag in flags):
         retention = Retention(
+            # "0", as in the file, names no window: the other flags decide.
             keep_within=parse_duration(keep_within, label="--keep-within")
-            if keep_within is not None
+            if keep_within not in (None, "0")
             else None,
             keep_last=keep_last or 0,
             keep_daily=keep_daily or 0,

@@ -57,20 +57,24 @@ def reports_command(
 
 
 def _table(summaries: list[ReportSummary]) -> Table:
+    """Tabulate the reports; a damaged report.json shows as FAIL, damaged."""
     table = Table(box=None, header_style="bold")
     for name in ("ID", "Time", "Namespace", "Snapshot", "Result", "RPO", "RTO"):
-        table.add_column(name, no_wrap=name in ("ID", "Snapshot"))
+        table.add_column(name, no_wrap=name in ("ID", "Snapshot", "Result"))
     words = {True: "met", False: "missed", None: "-"}
     for summary in summaries:
         rto = words[summary.rto_ok]
         if summary.rto_estimate_seconds is not None:
             rto += f" ({format_seconds(summary.rto_estimate_seconds)})"
+        result = "PASS" if summary.ok else "FAIL"
+        if summary.damaged is not None:
+            result += ", damaged report"
         table.add_row(
             summary.id,
             summary.created,
-            summary.namespace_title or summary.namespace_id,
+            summary.namespace_title or summary.namespace_id or "unknown namespace",
             summary.snapshot_id or "-",
-            "PASS" if summary.ok else "FAIL",
+            result,
             words[summary.rpo_ok],
             rto,
         )

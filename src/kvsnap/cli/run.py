@@ -16,7 +16,7 @@ from kvsnap.cli.status import print_status
 from kvsnap.config import Settings, load_settings
 from kvsnap.policy import Policy, load_policy
 from kvsnap.progress import Reporter, RichReporter
-from kvsnap.runner import RunResult, run_policy
+from kvsnap.runner import RunResult, drill_failure, run_policy
 
 
 @app.command("run")
@@ -32,7 +32,8 @@ def run_command(
     'kvsnap config init'). Exit codes: 0 success, 3 some namespaces failed,
     4 a snapshot failed verification, 8 an anomaly held a snapshot, and the
     codes of configuration (10), token (11), API (12) and repository (20,
-    23 locked) errors.
+    23 locked) errors. The backup waits up to 10 minutes for another
+    process's prune; a stale lock fails the run at once.
     """
     settings = load_settings(config_file=config, repository=repo, account_id=account)
     policy = load_policy(settings.config_file)
@@ -81,9 +82,12 @@ def print_run(result: RunResult) -> None:
             f"kept {len(result.pruned.get('kept', []))}"
         )
     elif result.prune_skipped:
-        _line(f"prune    skipped: {result.prune_skipped}")
+        _line(f"prune    SKIPPED: {result.prune_skipped}")
     for drill in result.drills:
         report = drill.report
+        if not drill.started:
+            _line(f"drill    FAILED: {drill_failure(drill)}")
+            continue
         verdict = "PASS" if drill.ok else "FAIL"
         _line(
             f"drill    {report.namespace_title or report.namespace_id}: {verdict}, "

@@ -11,12 +11,14 @@ from rich.table import Table
 
 from kvsnap.cli.app import app
 from kvsnap.cli.options import ConfigOption, JsonOption, RepoOption
-from kvsnap.cli.output import print_json, print_table, stdout
+from kvsnap.cli.output import print_json, print_table, stderr, stdout
 from kvsnap.cli.repository import format_size
 from kvsnap.config import Settings, load_settings
-from kvsnap.policy import Policy, format_duration, load_policy
+from kvsnap.errors import RepositoryError
+from kvsnap.logs import mask
+from kvsnap.policy import Policy, format_target, load_policy
 from kvsnap.repository import Repository
-from kvsnap.status import StatusReport, collect_status
+from kvsnap.status import BREACH, StatusReport, collect_status, format_age
 
 
 async def status_report(
@@ -41,11 +43,25 @@ def status_command(
     """Show each namespace against the RPO target, verify and drill cadences.
 
     Exit codes, as monitoring plugins use them: 0 ok, 1 warning, 2 breach.
-    Errors keep kvsnap's codes (21 no repository, 10 configuration).
+    A repository that is missing or cannot be read is a breach too, since no
+    backup can be restored from it. Configuration errors keep code 10.
     """
     settings = load_settings(config_file=config, repository=repo)
     policy = load_policy(settings.config_file)
-    report = asyncio.run(status_report(settings, policy, namespace))
+    try:
+        report = asyncio.run(status_report(settings, policy, namespace))
+    except RepositoryError as exc:
+        message = mask(exc.message)
+        stderr.print(f"error: {message}", markup=False, highlight=False)
+        if exc.hint:
+            stderr.print(f"hint: {mask(exc.hint)}", markup=False, highlight=False)
+        if as_json:
+            print_json(
+                {"type": "status", "level": BREACH, "exit_code": 2, "error": message}
+            )
+        else:
+            stdout.print(f"status: {BREACH}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     if as_json:
         print_json(report.to_dict())
     else:
@@ -54,13 +70,7 @@ def status_command(
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} d"
+    return "-" if seconds is None else format_age(seconds)
 
 
 def _verdict(ok: bool | None) -> str:
@@ -107,13 +117,13 @@ def print_status(report: StatusReport) -> None:
         )
     print_table(table)
     for ns in report.namespaces:
-        for reason in ns.reasons:
-            name = ns.namespace_title or ns.namespace_id
-            stdout.print(f"{ns.level}: {name}: {reason}", markup=False, highlight=False)
+        name = ns.namespace_title or ns.namespace_id
+        for level, reason in zip(ns.reason_levels, ns.reasons, strict=True):
+            stdout.print(f"{level}: {name}: {reason}", markup=False, highlight=False)
     for note in report.notes:
         stdout.print(f"warning: {note}", markup=False, highlight=False)
     stdout.print(f"status: {report.level}", markup=False, highlight=False)
 
 
 def format_duration_seconds(seconds: float) -> str:
-    return format_duration(timedelta(seconds=seconds))
+    return format_target(timedelta(seconds=seconds))

@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,9 @@ MAX_BODY_BYTES = BULK_WRITE_MAX_BYTES
 DRAIN_LIMIT = 256 * 1024 * 1024
 _CHUNK = 1024 * 1024
 CONTROL_PREFIX = "/__emulator"
+# How long `stop` waits for running requests. After that it leaves the
+# database open rather than close it under them.
+STOP_WAIT_SECONDS = 30.0
 
 
 class _BodyTooLarge(Exception):
@@ -158,7 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
                 route=match(self.command, path[len(API_PREFIX) :]),
                 body_too_large=body_too_large,
             )
-            response = self.server.pipeline(request)
+            with self.server.busy():
+                response = self.server.pipeline(request)
         else:
             response = error_response(404, CODE_NO_ROUTE, "No route for the URI")
         self._send(response)
@@ -199,7 +203,27 @@ class _HTTPServer(ThreadingHTTPServer):
         self.emulator = emulator
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        # Requests inside the pipeline, which may be using the database.
+        self._running = 0
+        self._idle = threading.Condition()
         super().__init__(address, _Handler)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Count a request as running while it is inside the pipeline."""
+        with self._idle:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request runs in the pipeline; False if time ran out."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log a failed request instead of printing a traceback to stderr.
@@ -336,6 +360,12 @@ class EmulatorServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        # Handler threads still inside the pipeline (a slow answer to a
+        # client that has gone) would use a closed database, which can crash
+        # the process, so they finish first.
+        if not httpd.wait_idle(timeout=STOP_WAIT_SECONDS):
+            log.warning("requests still running after %s s at stop", STOP_WAIT_SECONDS)
+            return
         if self._store is not None:
             self._store.close()
             self._store = None
