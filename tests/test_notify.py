@@ -102,6 +102,23 @@ def test_send_slack_body(receiver: Receiver) -> None:
     assert "2025-03-01T03:00:05.000Z" in context["elements"][0]["text"]
 
 
+def test_slack_fields_read_as_text() -> None:
+    event = Event(
+        type="failure",
+        run="a1b2c3d4e5f6",
+        summary="failed",
+        details={"ok": False, "error": None, "backup": {"namespaces": [{"id": "x"}]}},
+    )
+
+    [_, fields, _] = notify.event_body(event, "slack")["blocks"]
+
+    assert [f["text"] for f in fields["fields"]] == [
+        "*ok*\nno",
+        "*error*\n-",
+        '*backup*\n{"namespaces": [{"id": "x"}]}',
+    ]
+
+
 def test_slack_body_caps_fields() -> None:
     details = {f"field{i}": "x" * 3000 for i in range(15)}
     event = Event(type="anomaly", run=None, summary="held", details=details)

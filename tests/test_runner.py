@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from kvsnap.emulator import EmulatorServer
 from kvsnap.format import encode_json
-from kvsnap.lock import LockInfo, lock_path
+from kvsnap.lock import LockInfo, lock_path, process_scope
 from kvsnap.seed import SeedEntry
 from tests.kvtools import cloudflare_env, create_namespace, run_cli, sdk, snapshots
 from tests.webhooks import TOKEN, Receiver
@@ -139,8 +140,7 @@ def test_anomaly_holds_the_previous_snapshot_and_alerts(
 def test_failure_is_sent_to_the_webhook(
     emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
 ) -> None:
-    create_namespace(emulator, "sessions", entries(3))
-    config = write_config(tmp_path, ["sessions", "no-such-namespace"])
+    config = write_config(tmp_path, ["no-such-namespace"])
 
     result = run(emulator, config, KVSNAP_WEBHOOK_URL=receiver.url())
 
@@ -151,6 +151,68 @@ def test_failure_is_sent_to_the_webhook(
     assert "no-such-namespace" in event["summary"]
     assert TOKEN not in result.stderr + result.stdout
     assert emulator.token not in json.dumps(event)
+
+
+def test_missing_namespace_fails_alone(
+    emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
+) -> None:
+    create_namespace(emulator, "sessions", entries(3))
+    create_namespace(emulator, "flags", entries(2))
+    # "doomed" was deleted from the account; the others must still be saved.
+    config = write_config(tmp_path, ["sessions", "doomed", "flags"])
+
+    result = run(emulator, config, "--json", KVSNAP_WEBHOOK_URL=receiver.url())
+
+    assert result.code == 3, result.stderr
+    outcomes = json.loads(result.stdout)["backup"]["namespaces"]
+    assert [(ns["namespace_title"], ns["ok"]) for ns in outcomes] == [
+        ("sessions", True),
+        ("flags", True),
+        ("doomed", False),
+    ]
+    assert sorted(m.namespace_title for m in snapshots(str(tmp_path / "repo"))) == [
+        "flags",
+        "sessions",
+    ]
+    [event] = receiver.bodies()
+    assert "backup of doomed" in event["summary"]
+
+
+def test_status_grades_only_policy_namespaces(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "sessions", entries(3))
+    create_namespace(emulator, "retired", entries(3))
+    assert run(emulator, write_config(tmp_path, ["sessions", "retired"])).code == 0
+
+    result = run(emulator, write_config(tmp_path, ["sessions"]), "--json")
+
+    assert result.code == 0, result.stderr
+    graded = json.loads(result.stdout)["status"]["namespaces"]
+    assert [ns["namespace_title"] for ns in graded] == ["sessions"]
+
+
+def test_lock_of_killed_local_run_does_not_block_prune(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    create_namespace(emulator, "sessions", entries(3))
+    config = write_config(tmp_path, ["sessions"])
+    assert run(emulator, config).code == 0
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    now = "2026-01-01T00:00:00.000Z"
+    left = LockInfo(
+        id="fedcba9876543210", exclusive=False, hostname=socket.gethostname(),
+        pid=killed.pid, command="kvsnap run", created=now, refreshed=now,
+        scope=process_scope(),
+    )  # fmt: skip
+    (tmp_path / "repo" / lock_path(left.id)).write_bytes(encode_json(left))
+
+    result = run(emulator, config, "--json")
+
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["prune"] is not None
+    assert list((tmp_path / "repo" / "locks").iterdir()) == []
 
 
 def test_success_is_sent_only_when_asked(

@@ -21,6 +21,7 @@ run it reports on.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Mapping
@@ -276,10 +277,19 @@ def _masked(value: Any) -> Any:
 
 
 def _slack_value(value: Any) -> str:
+    """Write a detail as a person reads it, not as Python prints it."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list | tuple):
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple) and all(
+        isinstance(item, str | int | float) for item in value
+    ):
         return ", ".join(str(item) for item in value)
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str, ensure_ascii=False)
     return str(value)
 
 

@@ -44,8 +44,8 @@ from typing import Any
 
 from kvsnap import notify
 from kvsnap.anomaly import Anomaly, check_anomaly
-from kvsnap.backup import BackupResult, run_backup
-from kvsnap.cloudflare import open_client
+from kvsnap.backup import BackupResult, NamespaceBackup, run_backup
+from kvsnap.cloudflare import KvClient, Namespace, open_client, resolve_namespace
 from kvsnap.config import Settings
 from kvsnap.drill import DrillOptions, DrillResult, run_drill
 from kvsnap.errors import (
@@ -56,6 +56,7 @@ from kvsnap.errors import (
     EXIT_VERIFY,
     ConfigError,
     KvsnapError,
+    NamespaceNotFound,
     RepositoryLocked,
     VerifyError,
 )
@@ -212,9 +213,7 @@ async def _run(
         )
     url = settings.require_repository()
     async with open_client(settings) as client:
-        chosen = await client.resolve_namespaces(
-            settings.namespaces, all_namespaces=settings.all_namespaces
-        )
+        chosen, missing = await _resolve(client, settings)
         # With `all`, every namespace of the account must have a snapshot.
         expected = list(settings.namespaces) or [ns.id for ns in chosen]
         repo = await Repository.open_or_init(url, account_id=client.account_id)
@@ -232,6 +231,7 @@ async def _run(
                 tags=["scheduled"],
                 reporter=reporter,
             )
+            result.backup.namespaces += missing
             await _check_new(repo, policy, result)
             await _full_reads(repo, policy, result)
 
@@ -288,6 +288,44 @@ async def _drills(
                 extra={"namespace": namespace_id},
             )
     return True
+
+
+async def _resolve(
+    client: KvClient, settings: Settings
+) -> tuple[list[Namespace], list[NamespaceBackup]]:
+    """Find the policy's namespaces; a missing one fails alone, not the run.
+
+    A namespace deleted from the account (or renamed) must not stop the
+    backups of the others, so it becomes a failed outcome of its own. When
+    none of them exists, the run fails with the lookup error.
+    """
+    if settings.all_namespaces:
+        return await client.resolve_namespaces((), all_namespaces=True), []
+    available = await client.list_namespaces()
+    chosen: list[Namespace] = []
+    missing: list[NamespaceBackup] = []
+    for name in settings.namespaces:
+        try:
+            namespace = resolve_namespace(name, available)
+        except NamespaceNotFound as exc:
+            if len(missing) + 1 == len(settings.namespaces) and not chosen:
+                raise
+            log.error(
+                "backup of %s failed: %s", name, exc.message, extra={"namespace": name}
+            )
+            missing.append(
+                NamespaceBackup(
+                    name,
+                    name,
+                    ok=False,
+                    error=exc.message,
+                    exit_code=exc.exit_code,
+                )
+            )
+            continue
+        if namespace not in chosen:
+            chosen.append(namespace)
+    return chosen, missing
 
 
 async def _check_new(repo: Repository, policy: Policy, result: RunResult) -> None:
@@ -391,7 +429,10 @@ async def _full_reads(repo: Repository, policy: Policy, result: RunResult) -> No
 
 async def _prune(repo: Repository, policy: Policy, result: RunResult) -> None:
     # A stale lock never goes by itself, so waiting for it would be pointless.
-    stale = [held for held in await list_locks(repo) if held.stale]
+    # Locks of dead processes of this host are the exception: taking the lock
+    # removes them.
+    locks = await list_locks(repo)
+    stale = [held for held in locks if held.stale and not held.removable]
     if stale:
         result.prune_blocked = stale[0].describe()
         result.prune_skipped = f"blocked by {result.prune_blocked}"

@@ -119,10 +119,12 @@ async def collect_status(
     namespace: str | None = None,
     now: datetime | None = None,
 ) -> StatusReport:
-    """Grade every namespace in the repository, plus any `expected` one missing.
+    """Grade the policy's namespaces, or every namespace in the repository.
 
-    `expected` holds namespace ids or titles that the policy backs up; one
-    without snapshots is a breach. `namespace` limits the report to one.
+    `expected` holds the namespace ids or titles that the policy backs up:
+    only those are graded, and one without snapshots is a breach. Without
+    it, every namespace with snapshots is graded. `namespace` limits the
+    report to one.
     """
     now = now or datetime.now(UTC)
     manifests, unreadable = await repo.scan_snapshots(namespace)
@@ -139,7 +141,11 @@ async def collect_status(
     by_namespace: dict[str, list[Manifest]] = {}
     for manifest in manifests:
         by_namespace.setdefault(manifest.namespace_id, []).append(manifest)
+    wanted = set(expected or ())
     for namespace_id, group in sorted(by_namespace.items()):
+        names = {namespace_id, *(m.namespace_title for m in group)}
+        if wanted and not names & wanted:
+            continue  # no longer in the policy: retired, or backed up by hand
         report.namespaces.append(
             _grade(group, policy, now, verified, held, drills, namespace_id)
         )
