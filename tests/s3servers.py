@@ -6,7 +6,10 @@
 - moto's standalone server honours ``If-None-Match: *``, so create-only writes
   are tested against it.
 - `FaultProxy` sits in front of a server and answers chosen requests with an
-  error status; every other request is forwarded unchanged, Host header
+  error status, or closes the connection: before reading the whole upload
+  (``cut``), after reading it (``drop``), after a wait (``hang``) or after
+  forwarding it, so the object is stored but the answer is lost
+  (``lose_answer``). Every other request is forwarded unchanged, Host header
   included, so signatures stay valid.
 
 Each server is started once per session and stopped by its PID. Every test
@@ -19,6 +22,7 @@ with monkeypatch. Load the fixtures with ``pytest_plugins = ["tests.s3servers"]`
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import re
@@ -221,11 +225,18 @@ def repo_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("rclone_bucket")
 
 
+# What a FaultRule does to a matching request, besides answering `status`.
+PROXY_ACTIONS = ("status", "cut", "drop", "hang", "lose_answer")
+
+
 @dataclass
 class FaultRule:
-    """Respond with `status` to requests whose method and path match.
+    """Misbehave on requests whose method and path match.
 
-    `times` is how many matching requests get the error; None means every one.
+    `action` is one of PROXY_ACTIONS: ``status`` answers `status`; the others
+    close the connection without an answer (see the module docstring), and
+    ``hang`` first waits `delay` seconds. `times` is how many matching
+    requests get the fault; None means every one.
     """
 
     method: str
@@ -233,6 +244,8 @@ class FaultRule:
     status: int
     times: int | None = None
     matched: int = 0
+    action: str = "status"
+    delay: float = 0.0
 
 
 @dataclass
@@ -253,10 +266,21 @@ class FaultProxy:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(
-        self, method: str, path_regex: str, status: int, *, times: int | None = None
+        self,
+        method: str,
+        path_regex: str,
+        status: int = 0,
+        *,
+        times: int | None = None,
+        action: str = "status",
+        delay: float = 0.0,
     ) -> FaultRule:
         """Add a rule; `path_regex` is searched in the request path and query."""
-        rule = FaultRule(method.upper(), re.compile(path_regex), status, times)
+        if action not in PROXY_ACTIONS:
+            raise ValueError(f"unknown action {action!r}: expected {PROXY_ACTIONS}")
+        rule = FaultRule(
+            method.upper(), re.compile(path_regex), status, times, 0, action, delay
+        )
         with self.lock:
             self.rules.append(rule)
         return rule
@@ -303,12 +327,29 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             return self.rfile.read(length) if length else b""
 
         def handle_any(self) -> None:
-            body = self.read_body()
             rule = proxy.match(self.command, self.path)
-            if rule is not None:
-                self.send_fault(rule.status)
+            if rule is not None and rule.action == "cut":
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length // 2)
+                self.close_without_answer("cut")
                 return
-            self.forward(body)
+            body = self.read_body()
+            if rule is None:
+                self.forward(body)
+            elif rule.action == "status":
+                self.send_fault(rule.status)
+            elif rule.action == "lose_answer":
+                self.forward(body, answer=False)
+                self.close_without_answer("lose_answer")
+            else:
+                time.sleep(rule.delay)
+                self.close_without_answer(rule.action)
+
+        def close_without_answer(self, action: str) -> None:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            proxy.record(self.command, self.path, 0, injected=True)
 
         def send_fault(self, status: int) -> None:
             payload = (
@@ -324,7 +365,7 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
             proxy.record(self.command, self.path, status, injected=True)
 
-        def forward(self, body: bytes) -> None:
+        def forward(self, body: bytes, *, answer: bool = True) -> None:
             conn = http.client.HTTPConnection(
                 HOST, proxy.upstream_port, timeout=UPSTREAM_TIMEOUT_SECONDS
             )
@@ -338,6 +379,8 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 conn.endheaders(body or None)
                 response = conn.getresponse()
                 payload = response.read()
+                if not answer:
+                    return
                 self.send_response(response.status, response.reason)
                 for name, value in response.getheaders():
                     lowered = name.lower()

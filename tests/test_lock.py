@@ -326,7 +326,7 @@ def test_backup_exits_23_under_prune_lock(
     assert snapshots(repo_url) == []
 
 
-def test_concurrent_backup_and_prune(emulator: EmulatorServer, tmp_path: Path) -> None:
+def test_concurrent_backups_and_prune(emulator: EmulatorServer, tmp_path: Path) -> None:
     entries = [SeedEntry(f"key-{n:05d}", os.urandom(200)) for n in range(600)]
     create_namespace(emulator, "busy", entries)
     repo_url = str(tmp_path / "repo")
@@ -338,44 +338,49 @@ def test_concurrent_backup_and_prune(emulator: EmulatorServer, tmp_path: Path) -
         assert run_cli(["backup", "busy", *fast], env).code == 0
     older = [m.id for m in snapshots(repo_url)]
 
-    # Small parts make the backup write many objects. Prune starts once the
-    # backup holds its lock, so it has to wait for the backup to end.
-    backup = kvsnap_process(
-        [
-            "backup",
-            "busy",
-            *fast,
-            "--part-size",
-            "8KiB",
-            "--lock-wait",
-            "120",
-            "--json",
-        ],
-        env,
-    )
+    # Two backups of the same namespace run at once, with small parts so that
+    # each writes many objects. Prune starts once both hold their shared
+    # locks, so it has to wait for both to end.
+    backup_args = [
+        "backup",
+        "busy",
+        *fast,
+        "--part-size",
+        "8KiB",
+        "--lock-wait",
+        "120",
+        "--json",
+    ]
+    backups = [kvsnap_process(backup_args, env) for _ in range(2)]
     locks = Path(repo_url) / "locks"
     for _ in range(400):
-        if backup.poll() is not None or (locks.exists() and any(locks.iterdir())):
+        if any(backup.poll() is not None for backup in backups) or (
+            locks.exists() and len(list(locks.iterdir())) >= 2
+        ):
             break
         time.sleep(0.05)
     prune = kvsnap_process(
-        ["prune", "--keep-last", "1", "--lock-wait", "120", "--json"], env
+        ["prune", "--keep-last", "2", "--lock-wait", "120", "--json"], env
     )
-    backup_code, backup_out, backup_err = finish(backup)
+    finished = [finish(backup) for backup in backups]
     prune_code, prune_out, prune_err = finish(prune)
 
-    assert backup_code == 0, backup_err
+    for backup_code, _out, backup_err in finished:
+        assert backup_code == 0, backup_err
     assert prune_code == 0, prune_err
-    new_id = json.loads(backup_out)["namespaces"][0]["snapshot_id"]
+    new_ids = {
+        json.loads(out)["namespaces"][0]["snapshot_id"] for _c, out, _e in finished
+    }
+    assert len(new_ids) == 2
     report = json.loads(prune_out)
     assert {item["id"] for item in report["removed"]} == set(older)
-    assert [item["id"] for item in report["kept"]] == [new_id]
+    assert {item["id"] for item in report["kept"]} == new_ids
     assert report["orphans_removed"] == []
-    assert [m.id for m in snapshots(repo_url)] == [new_id]
+    assert {m.id for m in snapshots(repo_url)} == new_ids
 
     verify = run_cli(["verify", "--read-data", "--json"], env)
     assert verify.code == 0, verify.stderr
     results = json.loads(verify.stdout)
-    assert [item["snapshot_id"] for item in results] == [new_id]
+    assert {item["snapshot_id"] for item in results} == new_ids
     assert all(item["ok"] for item in results)
     assert list(locks.iterdir()) == []

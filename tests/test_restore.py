@@ -58,6 +58,10 @@ def restore(server: EmulatorServer, repo: str, *args: str, **env: str):
     return run_cli(["restore", "--repo", repo, *args], cloudflare_env(server, **env))
 
 
+def restore_backup(server: EmulatorServer, repo: str, namespace: str):
+    return run_cli(["backup", namespace, "--repo", repo], cloudflare_env(server))
+
+
 def changed_users_state(server: EmulatorServer, repo: str) -> str:
     """Back up user/1 and user/2 at v1, then change the live namespace."""
     namespace_id = create_namespace(
@@ -180,6 +184,34 @@ def test_restore_rerun_writes_nothing(emulator: EmulatorServer, repo: str) -> No
     assert second.code == 0, second.stderr
     assert json.loads(second.stdout)["plan"]["unchanged"] == 2
     assert writes(emulator) == 0
+
+
+def test_restore_create_of_empty_snapshot(emulator: EmulatorServer, repo: str) -> None:
+    create_namespace(emulator, "empty")
+    assert restore_backup(emulator, repo, "empty").code == 0
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@empty",
+        "--to",
+        "empty-copy",
+        "--create",
+        "--yes",
+        "--json",
+    )
+
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["namespace_id"] is not None
+    assert report["written"] == 0
+    titles = {
+        namespace.title: namespace.id
+        for namespace in sdk(emulator).kv.namespaces.list(
+            account_id=emulator.account_id
+        )
+    }
+    assert titles["empty-copy"] == report["namespace_id"]
 
 
 def test_restore_needs_yes_without_tty(emulator: EmulatorServer, repo: str) -> None:

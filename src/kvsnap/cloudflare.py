@@ -515,7 +515,8 @@ class KvClient:
 
         Key pages are listed in order while bulk gets for earlier pages run
         concurrently; a bounded queue of pending batches keeps memory flat.
-        Metadata and expiration come from the key list.
+        Metadata and expiration come from the bulk get that returned the
+        value, or from the key list for values read alone as raw bytes.
         """
         # NOTE: the key list gives no value sizes, so a batch of 100 values of
         # 25 MiB each would hold 2.5 GB in memory. Memory is bounded by the
@@ -622,8 +623,18 @@ class KvClient:
             entry = values.get(info.name)
             text = entry.value if entry is not None else None
             if isinstance(text, str) and REPLACEMENT_CHARACTER not in text:
+                # Metadata and expiration come from the same response as the
+                # value. The key list is older, so a key written in between
+                # would otherwise pair its new value with its old metadata.
+                assert entry is not None
                 records.append(
-                    Record(info.name, text, False, info.metadata, info.expiration)
+                    Record(
+                        info.name,
+                        text,
+                        False,
+                        msgspec.UNSET if entry.metadata is None else entry.metadata,
+                        msgspec.UNSET if entry.expiration is None else entry.expiration,
+                    )
                 )
             else:
                 refetch.append((len(records), info))
@@ -644,7 +655,12 @@ class KvClient:
         *,
         keep_gaps: bool = False,
     ) -> list[Any]:
-        """Read each key alone as raw bytes, skipping keys deleted since the list."""
+        """Read each key alone as raw bytes, skipping keys deleted since the list.
+
+        NOTE: metadata and expiration are those of the key list, because a
+        raw GET returns neither in its body. A key written between the list
+        and the GET gets its new value with its old metadata.
+        """
 
         async def one(info: KeyInfo) -> Record | None:
             stats.raw_gets += 1

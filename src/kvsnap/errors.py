@@ -145,6 +145,21 @@ class PlanRefused(KvsnapError):
     exit_code = EXIT_REFUSED
 
 
+class RestoreIncomplete(KvsnapError):
+    """A restore failed after its first write; the message says what was written.
+
+    It keeps the exit code of the error that stopped it (`cause`), so an API
+    failure still exits 12 and a repository failure 20.
+    """
+
+    def __init__(
+        self, message: str, cause: KvsnapError, *, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.cause = cause
+        self.exit_code = cause.exit_code
+
+
 class PartialFailure(KvsnapError):
     """Some namespaces of a run failed while others succeeded."""
 

@@ -46,8 +46,10 @@ from kvsnap.cloudflare import KvClient, ReadStats, resolve_namespace
 from kvsnap.diff import changed_fields, merge_by_key, parse_keys_file
 from kvsnap.errors import (
     ConfigError,
+    KvsnapError,
     NamespaceNotFound,
     PlanRefused,
+    RestoreIncomplete,
     SnapshotNotFound,
     VerifyError,
 )
@@ -182,6 +184,15 @@ class Plan:
     @property
     def prior_path(self) -> Path:
         return self.folder / "prior.jsonl"
+
+    @property
+    def changes_anything(self) -> bool:
+        """Tell whether applying the plan writes, deletes or creates a namespace.
+
+        A plan that only creates its target still has to be applied, so that
+        restoring an empty snapshot with --create leaves an empty namespace.
+        """
+        return bool(self.counts.writes or self.counts.delete or self.target.create)
 
     def note(self, action: str, key: str) -> None:
         examples = self.examples.setdefault(action, [])
@@ -474,6 +485,55 @@ async def apply_plan(
 
     started = time.monotonic()
     written = plan.folder / "written.jsonl"
+    progress = _Progress()
+    try:
+        await _write_and_delete(client, plan, namespace_id, written, progress, reporter)
+    except KvsnapError as exc:
+        raise _incomplete(plan, result, progress, exc) from exc
+    finally:
+        result.written = progress.written
+        result.deleted = progress.deleted
+    result.phases["write"] = time.monotonic() - started
+    result.write_requests = client.write_requests - requests_before
+
+    started = time.monotonic()
+    # NOTE: the read-back checks the written keys; keys deleted by --exact
+    # are not read again to confirm that they are gone.
+    try:
+        checked = await read_back(
+            client, namespace_id, _read_spool(written), window_seconds=readback_window
+        )
+    except KvsnapError as exc:
+        raise _incomplete(plan, result, progress, exc) from exc
+    result.verified = checked.verified
+    result.mismatched = checked.mismatched
+    result.phases["read_back"] = time.monotonic() - started
+    return result
+
+
+@dataclass
+class _Progress:
+    """Keys a restore has written and deleted, and those of the request in flight.
+
+    A request that failed for good may still have been stored (its answer can
+    be lost after the server stored it), so its keys count as uncertain.
+    """
+
+    written: int = 0
+    deleted: int = 0
+    writing: int = 0
+    deleting: int = 0
+
+
+async def _write_and_delete(
+    client: KvClient,
+    plan: Plan,
+    namespace_id: str,
+    written: Path,
+    progress: _Progress,
+    reporter: Reporter,
+) -> None:
+    """Write the planned records, then delete the planned keys, counting each."""
     counts = BatchCounts()
     reporter.start(f"writing {plan.target.title}", total=plan.counts.writes)
     with written.open("wb") as out:
@@ -484,8 +544,10 @@ async def apply_plan(
             counts=counts,
         )
         for batch in batches:
+            progress.writing = len(batch)
             await client.bulk_write(namespace_id, batch.records)
-            result.written += len(batch)
+            progress.writing = 0
+            progress.written += len(batch)
             reporter.advance(len(batch))
             log.info(
                 "wrote %d keys (%d bytes) to namespace %s",
@@ -498,21 +560,40 @@ async def apply_plan(
     reporter.finish()
     deletes = (record.key for record in _read_spool(plan.deletes_path))
     for chunk in iter_key_chunks(deletes):
+        progress.deleting = len(chunk)
         await client.bulk_delete(namespace_id, chunk)
-        result.deleted += len(chunk)
-    result.phases["write"] = time.monotonic() - started
-    result.write_requests = client.write_requests - requests_before
+        progress.deleting = 0
+        progress.deleted += len(chunk)
 
-    started = time.monotonic()
-    # NOTE: the read-back checks the written keys; keys deleted by --exact
-    # are not read again to confirm that they are gone.
-    checked = await read_back(
-        client, namespace_id, _read_spool(written), window_seconds=readback_window
+
+def _incomplete(
+    plan: Plan, result: RestoreResult, progress: _Progress, cause: KvsnapError
+) -> RestoreIncomplete:
+    """Describe a restore that failed after writing began: what it changed.
+
+    Writes go in the plan's key order, then deletes, so the counts tell
+    which keys were changed: the first `written` planned writes, maybe the
+    next `writing`, and likewise for deletes.
+    """
+    wrote = f"wrote {progress.written} of {plan.counts.writes} planned keys"
+    if progress.writing:
+        wrote += f" and up to {progress.writing} more"
+    deleted = f"deleted {progress.deleted} of {plan.counts.delete} planned keys"
+    if progress.deleting:
+        deleted += f" and up to {progress.deleting} more"
+    step = "during the read-back" if "write" in result.phases else "while writing"
+    target = result.created_namespace or plan.target.namespace_id
+    message = (
+        f"restore of snapshot {plan.manifest.id} into namespace {target} stopped "
+        f"{step}, after it {wrote} and {deleted}: {cause.message}"
     )
-    result.verified = checked.verified
-    result.mismatched = checked.mismatched
-    result.phases["read_back"] = time.monotonic() - started
-    return result
+    hint = "running the same restore again writes only the keys that still differ"
+    if result.pre_restore_snapshot:
+        hint += (
+            f"; the pre-restore snapshot {result.pre_restore_snapshot} holds the "
+            "previous state of every key the plan changes"
+        )
+    return RestoreIncomplete(message, cause, hint=hint)
 
 
 async def validate(repo: Repository, manifest: Manifest) -> None:

@@ -47,7 +47,7 @@ def test_stats_reset(emulator: EmulatorServer, sdk: cloudflare.Cloudflare) -> No
     assert emulator.stats()["total"] == 1
 
     reset = httpx.post(emulator.root_url + "/__emulator/stats/reset").json()
-    assert reset == {"total": 0, "requests": {}, "statuses": {}}
+    assert reset == {"total": 0, "requests": {}, "statuses": {}, "faults": {}}
 
     list(sdk.kv.namespaces.list(account_id=emulator.account_id))
     emulator.reset_stats()

@@ -22,6 +22,7 @@ import typer
 from kvsnap.cli.app import app
 from kvsnap.config import ACCOUNT_ID
 from kvsnap.emulator import DEFAULT_HOST, DEFAULT_TOKEN, EmulatorServer
+from kvsnap.emulator.faults import FAULT_KINDS
 from kvsnap.errors import ConfigError
 from kvsnap.logs import register_secret
 
@@ -64,6 +65,31 @@ def parse_rate_limit(text: str | None) -> tuple[int, float] | None:
     return int(found.group(1)), float(found.group(2))
 
 
+def parse_fault_rate(value: float) -> float:
+    """Check ``--fault-rate``: a probability from 0 to 1."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"--fault-rate {value} is not valid: expected a share of requests "
+            "from 0 to 1, e.g. 0.1"
+        )
+    return value
+
+
+def parse_fault_kinds(text: str | None) -> tuple[str, ...]:
+    """``"429,drop"`` -> ("429", "drop"); None or "all" -> every kind."""
+    if text is None or text.strip() == "all":
+        return FAULT_KINDS
+    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
+    if unknown or not kinds:
+        named = repr(unknown[0]) if unknown else "no kind"
+        raise ConfigError(
+            f"--faults {text!r} is not valid: {named} is not a fault kind; "
+            f"expected a comma-separated list of {', '.join(FAULT_KINDS)}, or all"
+        )
+    return kinds
+
+
 MAX_PORT = 65535
 
 
@@ -101,6 +127,24 @@ def emulator(
         help="Seconds for which reads keep returning a key's previous state "
         "after it is written or deleted (0: reads are consistent).",
     ),
+    fault_rate: float = typer.Option(
+        0.0,
+        "--fault-rate",
+        help="Share of API requests, from 0 to 1, that get a random fault.",
+    ),
+    fault_seed: int | None = typer.Option(
+        None,
+        "--fault-seed",
+        help="Seed for the random faults: the same seed and the same request "
+        "order give the same faults (concurrent clients change the order).",
+    ),
+    faults: str | None = typer.Option(
+        None,
+        "--faults",
+        help="Fault kinds to draw from, comma-separated: 429 (with Retry-After "
+        "0-2 s), 500, 502, 503, drop (close without an answer), slow (answer "
+        "after 1-3 s), truncate (close in the middle of the body) [default: all].",
+    ),
 ) -> None:
     """Run a local Cloudflare Workers KV API server for demos and tests."""
     if bulk_get_binary not in ("replace", "reject"):
@@ -118,6 +162,8 @@ def emulator(
             )
     for value in token:
         register_secret(value)
+    fault_kinds = parse_fault_kinds(faults)
+    parse_fault_rate(fault_rate)
     server = EmulatorServer(
         data,
         host=host,
@@ -129,6 +175,9 @@ def emulator(
         bulk_get_binary=bulk_get_binary,
         seed=seed,
         stale_reads_seconds=stale_reads,
+        fault_rate=fault_rate,
+        fault_seed=fault_seed,
+        fault_kinds=fault_kinds,
     )
     stop = threading.Event()
     with _stop_on_signals(stop):

@@ -304,7 +304,7 @@ async def _restore_locked(
                 refused = exc  # a dry run still reports its plan, then fails
             else:
                 refused = None
-            if options.dry_run or not (plan.counts.writes or plan.counts.delete):
+            if options.dry_run or not plan.changes_anything:
                 result = RestoreResult(plan, dry_run=options.dry_run, refused=refused)
             else:
                 _confirm(plan, options)

@@ -12,12 +12,19 @@ the last fault forever, so "every bulk get after the third answers 500" is::
 
 Scripts are consulted in the order they were added; the first one that still
 has something planned (a skip, a fault or ``None``) takes the request, and an
-exhausted script lets requests fall through to the next. Random faults
-(``--fault-rate``) will plug into the same `FaultLayer` later.
+exhausted script lets requests fall through to the next.
+
+Random faults (``--fault-rate``, `RandomFaults`) apply to the requests that
+no script takes, so scripted faults take precedence. Each such request draws
+from one `random.Random` seeded with ``--fault-seed``: the same seed and the
+same sequence of requests give the same faults. Concurrent clients reach the
+server in an order that varies from run to run, which changes the sequence
+and therefore which request gets which fault.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +39,13 @@ from kvsnap.emulator.responses import (
 ANY_ENDPOINT = "*"
 RATE_LIMIT_MESSAGE = "Please wait and consider throttling your request speed"
 
+# The kinds of random fault, as `--faults` names them.
+FAULT_KINDS = ("429", "500", "502", "503", "drop", "slow", "truncate")
+# Random 429 responses carry a Retry-After of 0 to this many whole seconds.
+RANDOM_RETRY_AFTER_MAX_SECONDS = 2
+# A random slow response is sent this long (milliseconds) after the request.
+RANDOM_SLOW_MS = (1000.0, 3000.0)
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -41,8 +55,11 @@ class Fault:
     statuses with code 10002) unless ``body`` gives the raw bytes to send.
     ``retry_after`` adds a ``Retry-After`` header (seconds). ``drop`` closes
     the connection without answering. ``delay_ms`` waits before answering
-    (or before dropping). ``truncate`` announces the full body length but
-    sends only half of it, then closes the connection.
+    (or before dropping). ``truncate`` announces more body bytes than it
+    sends (the full length, then only half of the body), then closes the
+    connection. With ``pass_through`` the request is handled as usual after
+    the delay, and ``truncate`` cuts that real response, so a write is stored
+    although the client sees a broken response.
     """
 
     status: int = 500
@@ -52,6 +69,18 @@ class Fault:
     truncate: bool = False
     body: bytes | None = None
     content_type: str = "application/json"
+    pass_through: bool = False
+
+    @property
+    def kind(self) -> str:
+        """The name under which stats count this fault (see `FAULT_KINDS`)."""
+        if self.drop:
+            return "drop"
+        if self.truncate:
+            return "truncate"
+        if self.pass_through:
+            return "slow"
+        return str(self.status)
 
     def response(self) -> Response:
         if self.drop:
@@ -101,13 +130,72 @@ class _Script:
         return False, None
 
 
+class RandomFaults:
+    """Draws a fault for a share of requests, repeatably for a given seed.
+
+    ``rate`` (0 to 1) is the probability that a request gets a fault.
+    ``kinds`` is a subset of `FAULT_KINDS` to choose from with equal chances
+    (empty means all). Raises ValueError for a rate outside 0..1 or an
+    unknown kind. Not thread-safe by itself, so `FaultLayer` calls `draw`
+    under its lock.
+    """
+
+    def __init__(
+        self, rate: float, *, seed: int | None = None, kinds: Sequence[str] = ()
+    ) -> None:
+        chosen = tuple(dict.fromkeys(kinds or FAULT_KINDS))
+        unknown = [kind for kind in chosen if kind not in FAULT_KINDS]
+        if unknown:
+            raise ValueError(
+                f"unknown fault kind {unknown[0]!r}: expected some of "
+                + ", ".join(FAULT_KINDS)
+            )
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fault rate {rate!r} is outside 0 to 1")
+        self.rate = rate
+        self.seed = seed
+        self.kinds = chosen
+        self._random = random.Random(seed)
+
+    def draw(self) -> Fault | None:
+        """Return a fault for this request, or None to let it through."""
+        # Always the same number of draws per fault, so a request's fault
+        # depends only on its position in the sequence.
+        roll = self._random.random()
+        kind = self._random.choice(self.kinds)
+        detail = self._random.random()
+        if roll >= self.rate:
+            return None
+        return random_fault(kind, detail)
+
+
+def random_fault(kind: str, detail: float) -> Fault:
+    """Build the fault of one kind; ``detail`` (0 to 1) picks its wait."""
+    if kind == "429":
+        seconds = int(detail * (RANDOM_RETRY_AFTER_MAX_SECONDS + 1))
+        return Fault(status=429, retry_after=seconds)
+    if kind == "drop":
+        return Fault(drop=True)
+    if kind == "slow":
+        low, high = RANDOM_SLOW_MS
+        return Fault(delay_ms=low + detail * (high - low), pass_through=True)
+    if kind == "truncate":
+        return Fault(truncate=True, pass_through=True)
+    return Fault(status=int(kind))
+
+
 @dataclass
 class FaultLayer:
-    """Holds the scripts and picks the fault, if any, for each request."""
+    """Holds the scripts and the random faults, and picks a request's fault.
+
+    A script that takes the request decides, even when it lets the request
+    through with ``None``; the random faults see only the other requests.
+    """
 
     _scripts: list[_Script] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     fired: int = 0
+    random_faults: RandomFaults | None = None
 
     def inject(
         self,
@@ -132,4 +220,9 @@ class FaultLayer:
                     if fault is not None:
                         self.fired += 1
                     return fault
-            return None
+            if self.random_faults is None:
+                return None
+            fault = self.random_faults.draw()
+            if fault is not None:
+                self.fired += 1
+            return fault

@@ -7,7 +7,7 @@ itself or calls the rest::
 
 Counting happens before the stack (so every request counts, whatever
 happens to it), and `ApiError` raised anywhere becomes its envelope. A new
-kind of misbehaviour (random faults, slow bodies) is one more layer in
+kind of misbehaviour (slow bodies, say) is one more layer in
 `Pipeline.layers`, nowhere else.
 """
 
@@ -112,9 +112,15 @@ class Pipeline:
         if fault is None:
             return next_layer(request)
         log.debug("injecting %s on %s", fault, request.route.endpoint)
+        self.stats.count_fault(fault.kind)
         if fault.delay_ms:
             time.sleep(fault.delay_ms / 1000)
-        return fault.response()
+        if not fault.pass_through:
+            return fault.response()
+        response = next_layer(request)
+        if fault.truncate:
+            response.truncate_at = len(response.body) // 2
+        return response
 
     def limit_rate(self, request: Request, next_layer: Next) -> Response:
         if self.rate_limit is not None:

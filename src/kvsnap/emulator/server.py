@@ -10,7 +10,8 @@ Requests under ``/client/v4`` go through the `Pipeline`; ``/__emulator/...``
 holds the unauthenticated control endpoints::
 
     GET  /__emulator/health        {"ok": true}
-    GET  /__emulator/stats         {"total": N, "requests": {...}, "statuses": {...}}
+    GET  /__emulator/stats         {"total": N, "requests": {...}, "statuses": {...},
+                                    "faults": {...}}
     POST /__emulator/stats/reset   zero the counters, answer the zeroed stats
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from kvsnap.emulator.faults import Fault, FaultLayer
+from kvsnap.emulator.faults import Fault, FaultLayer, RandomFaults
 from kvsnap.emulator.handlers import BULK_GET_BINARY_MODES, Context, Request
 from kvsnap.emulator.pipeline import API_PREFIX, Pipeline
 from kvsnap.emulator.ratelimit import SlidingWindow
@@ -179,7 +180,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
+        declared = len(body)
+        if response.truncate_at is not None:
+            # Announce more than is sent, even when the body is empty.
+            declared = max(declared, response.truncate_at + 1)
+        self.send_header("Content-Length", str(declared))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -264,6 +269,10 @@ class EmulatorServer:
     makes reads return a key's previous state for that long after it is
     written or deleted, as Workers KV may because it is eventually
     consistent. The time is measured on ``clock`` (see `kvsnap.emulator.store`).
+    ``fault_rate`` above 0 gives that share of API requests a random fault,
+    drawn from ``fault_kinds`` (default: all of `faults.FAULT_KINDS`) with
+    ``fault_seed`` (see `kvsnap.emulator.faults`); scripted faults from
+    `inject` take precedence.
     """
 
     def __init__(
@@ -280,6 +289,9 @@ class EmulatorServer:
         seed: int | None = None,
         clock: Callable[[], float] | None = None,
         stale_reads_seconds: float = 0.0,
+        fault_rate: float = 0.0,
+        fault_seed: int | None = None,
+        fault_kinds: Sequence[str] = (),
     ) -> None:
         if bulk_get_binary not in BULK_GET_BINARY_MODES:
             raise ValueError(f"bulk_get_binary must be one of {BULK_GET_BINARY_MODES}")
@@ -300,6 +312,10 @@ class EmulatorServer:
         self._clock = clock or time.time
         self._stats = Stats()
         self._faults = FaultLayer()
+        # Built even at rate 0, so that a bad rate or kind raises ValueError.
+        random_faults = RandomFaults(fault_rate, seed=fault_seed, kinds=fault_kinds)
+        if fault_rate > 0:
+            self._faults.random_faults = random_faults
         self._window = SlidingWindow(*rate_limit) if rate_limit else None
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -428,6 +444,15 @@ class EmulatorServer:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    @property
+    def random_faults(self) -> RandomFaults | None:
+        """The random faults in force; None turns them off, and tests may swap them."""
+        return self._faults.random_faults
+
+    @random_faults.setter
+    def random_faults(self, faults: RandomFaults | None) -> None:
+        self._faults.random_faults = faults
 
     @property
     def faults_fired(self) -> int:
