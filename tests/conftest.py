@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,19 @@ from kvsnap.emulator import EmulatorServer
 # The S3 server fixtures (rclone, moto, the fault proxy) and the webhook
 # receiver live in their own modules.
 pytest_plugins = ["tests.s3servers", "tests.webhooks"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_kvsnap_logger() -> Iterator[None]:
+    """Put the kvsnap logger back after each test.
+
+    Tests that run the CLI in this process call `configure_logging`, which
+    would change what later tests' caplog sees.
+    """
+    logger = logging.getLogger("kvsnap")
+    saved = (logger.handlers[:], logger.level, logger.propagate, logger.disabled)
+    yield
+    logger.handlers[:], logger.level, logger.propagate, logger.disabled = saved
 
 
 @pytest.fixture
