@@ -68,6 +68,25 @@ def test_export_decodes_binary_exactly(tmp_path: Path) -> None:
     assert base64.b64decode(element["value"]) == raw
 
 
+def test_export_warns_of_scalar_metadata(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = run(Repository.init(str(tmp_path / "repo")))
+    records = [
+        Record("a", "v", metadata="a string"),
+        Record("b", "v", metadata=7),
+        Record("c", "v", metadata=None),
+        Record("d", "v", metadata={"ok": True}),
+    ]
+    manifest = run(write_snapshot(repo, [records]))
+
+    with caplog.at_level("WARNING", logger="kvsnap.export"):
+        export_bytes(repo, manifest)
+
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("2 keys have metadata that is not a JSON object")
+
+
 def test_export_empty_snapshot(tmp_path: Path) -> None:
     repo = run(Repository.init(str(tmp_path / "repo")))
     manifest = run(write_snapshot(repo, []))

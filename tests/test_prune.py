@@ -388,3 +388,24 @@ def test_cli_prune_locked_exits_23(env: dict[str, str]) -> None:
     assert "hint: wait for it to finish, or pass --lock-wait SECONDS" in done.stderr
     assert done.stdout == ""
     assert len(snapshots(repo_url)) == 2
+
+
+def test_prune_removes_stale_temporary_files(repo: Repository, repo_dir: Path) -> None:
+    run(make_snapshot(repo, 1))
+    # What a process killed while obstore wrote a local object leaves behind.
+    stale = repo_dir / "data" / NAMESPACE / "2025-02-27" / "0123456789abcdef"
+    stale.mkdir(parents=True)
+    (stale / "000001.jsonl.zst#1").write_bytes(b"half a part")
+    os.utime(stale / "000001.jsonl.zst#1", (OLD, OLD))
+    (stale / "000002.jsonl.zst#2").write_bytes(b"being written now")
+
+    dry = run(prune(repo, KEEP_LAST_2, dry_run=True, now=NOW))
+    assert dry.stale_uploads == []
+    assert (stale / "000001.jsonl.zst#1").exists()
+
+    result = run(prune(repo, KEEP_LAST_2, dry_run=False, now=NOW))
+
+    prefix = f"data/{NAMESPACE}/2025-02-27/0123456789abcdef"
+    assert result.stale_uploads == [f"{prefix}/000001.jsonl.zst#1"]
+    assert not (stale / "000001.jsonl.zst#1").exists()
+    assert (stale / "000002.jsonl.zst#2").exists()

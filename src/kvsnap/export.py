@@ -4,6 +4,11 @@ Each element has exactly a record's fields: ``key``, ``value``, ``base64``
 only when true, ``metadata`` and ``expiration`` only when present. Values are
 copied as stored and never parsed, so the text "123" stays a string.
 
+Metadata that is a string, number or boolean is exported as stored, but
+wrangler (4.86) rejects a whole bulk put file that holds such metadata;
+`kvsnap restore` and `kvsnap import` accept it. The export warns when it
+writes any.
+
 The array is written as it is read, one part in memory at a time. Parts are
 checked as they arrive, so a bad part stops the export with CorruptPart, and
 totals that do not match the manifest stop it with VerifyError before the
@@ -53,18 +58,29 @@ async def export_snapshot(
 
     records = 0
     value_bytes = 0
+    scalar_metadata = 0
     written = out.write(b"[")
     async for record in repo.iter_records(manifest):
         separator = b"\n" if records == 0 else b",\n"
         written += out.write(separator + _encoder.encode(record))
         records += 1
         value_bytes += len(record.value_bytes())
+        if record.has_metadata and not isinstance(record.metadata, dict | list | None):
+            scalar_metadata += 1
     raise_for_problems(
         manifest, totals_problems(manifest, records=records, value_bytes=value_bytes)
     )
 
     written += out.write(b"\n]\n" if records else b"]\n")
     out.flush()
+    if scalar_metadata:
+        logger.warning(
+            "%d keys have metadata that is not a JSON object or array: "
+            "wrangler kv bulk put rejects this file, kvsnap restore and "
+            "kvsnap import accept it",
+            scalar_metadata,
+            extra={"snapshot": manifest.id},
+        )
     logger.debug(
         "exported snapshot %s (%d records)",
         manifest.id,

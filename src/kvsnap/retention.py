@@ -289,6 +289,8 @@ class PruneResult:
     orphans_removed: list[OrphanSnapshot] = field(default_factory=list)
     orphans_kept: list[OrphanSnapshot] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)  # manifest paths left alone
+    # Temporary files of writes killed mid-way, in a local repository.
+    stale_uploads: list[str] = field(default_factory=list)
     bytes_freed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -304,6 +306,7 @@ class PruneResult:
             "orphans_removed": [orphan.to_dict() for orphan in self.orphans_removed],
             "orphans_kept": [orphan.to_dict() for orphan in self.orphans_kept],
             "unreadable_manifests": self.unreadable,
+            "stale_uploads_removed": self.stale_uploads,
             "bytes_freed": self.bytes_freed,
         }
 
@@ -403,6 +406,10 @@ async def prune(
                 )
             result.orphans_removed.append(orphan)
             result.bytes_freed += orphan.size
+        if not dry_run:
+            result.stale_uploads = await repo.storage.remove_stale_uploads(orphan_grace)
+            for path in result.stale_uploads:
+                log.info("removed the temporary file of an interrupted write: %s", path)
     return result
 
 

@@ -27,9 +27,11 @@ abort in 60 runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -506,6 +508,31 @@ class Storage:
             return await asyncio.to_thread(list_all)
 
         return await self._retrying("LIST", prefix or "/", attempt)
+
+    async def remove_stale_uploads(self, older_than: timedelta) -> list[str]:
+        """Delete the temporary files of interrupted writes to a local folder.
+
+        obstore writes a local object to ``NAME#N`` and renames it when done,
+        and its listing leaves such files out, so a process killed mid-write
+        leaves one behind that nothing else sees. Those older than
+        `older_than` are deleted and their paths returned. Object stores need
+        nothing: a PUT that does not finish stores nothing.
+        """
+        root = self.location.path
+        if self.location.scheme != "file" or root is None or not root.is_dir():
+            return []
+
+        def sweep() -> list[str]:
+            limit = time.time() - older_than.total_seconds()
+            removed = []
+            for path in root.rglob("*#*"):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.is_file() and path.stat().st_mtime < limit:
+                        path.unlink()
+                        removed.append(path.relative_to(root).as_posix())
+            return sorted(removed)
+
+        return await asyncio.to_thread(sweep)
 
     async def delete(self, path: str) -> None:
         """Delete the object at `path`; a missing object is not an error."""
