@@ -192,7 +192,7 @@ def test_status_grades_only_policy_namespaces(
     assert [ns["namespace_title"] for ns in graded] == ["sessions"]
 
 
-def test_lock_of_killed_local_run_does_not_block_prune(
+def test_dead_local_lock_not_blocking_prune(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
     create_namespace(emulator, "sessions", entries(3))
@@ -261,7 +261,7 @@ def test_drill_that_cannot_start_fails_the_run(
     emulator: EmulatorServer, tmp_path: Path, receiver: Receiver
 ) -> None:
     create_namespace(emulator, "sessions", entries(10))
-    # The configured sandbox holds keys, so the drill must not write into it.
+    # The configured sandbox contains keys, so the drill must not write into it.
     create_namespace(emulator, "scratch", entries(1))
     config = write_config(
         tmp_path, ["sessions"], '[drill]\nautomatic = true\nsandbox = "scratch"\n'

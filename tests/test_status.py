@@ -90,7 +90,8 @@ def test_fresh_verified_snapshot_without_a_drill_warns(
     assert row["newest_usable"] == snapshot_id
     assert row["last_verify_ok"] is True
     assert 0 <= row["rpo_age"] < 120
-    assert row["snapshots"] == 1 and row["stored_bytes"] > 0
+    assert row["snapshots"] == 1
+    assert row["stored_bytes"] > 0
     assert reasons(document) == ["no restore drill on record (kvsnap drill)"]
 
 
@@ -131,7 +132,7 @@ def test_snapshot_older_than_the_rpo_is_a_breach(
     assert "breach: sessions: newest usable snapshot is" in text.stdout
 
 
-def test_failed_verify_of_the_newest_snapshot_is_a_breach(
+def test_failed_newest_verify_breaches(
     emulator: EmulatorServer, tmp_path: Path, env: dict[str, str]
 ) -> None:
     config = configure(tmp_path)
@@ -147,14 +148,14 @@ def test_failed_verify_of_the_newest_snapshot_is_a_breach(
     assert "every backup snapshot failed verification" in reasons(document)
 
 
-def test_failed_full_read_is_a_breach_after_quick_verify(
+def test_failed_full_read_breaches(
     emulator: EmulatorServer, tmp_path: Path, env: dict[str, str]
 ) -> None:
     config = configure(tmp_path)
     snapshot_id = backed_up(emulator, config, env)
     part = only_part(tmp_path)
     data = bytearray(part.read_bytes())
-    data[-5] ^= 0xFF  # same size, so only a full read sees it
+    data[-5] ^= 0xFF  # same size, so only a full read finds it
     part.write_bytes(bytes(data))
     assert cli(config, env, "verify", "--read-data").code == 4
     assert cli(config, env, "verify").code == 0  # sizes still match

@@ -1038,7 +1038,7 @@ def _split_namespace(name: str) -> tuple[str | None, str]:
 
 
 def _names_namespace(name: str, manifest: Manifest) -> bool:
-    """Whether NAME (an id, a title, id:X or title:X) names the snapshot's namespace."""
+    """Tell whether NAME (id, title, id:X or title:X) is the snapshot's namespace."""
     kind, value = _split_namespace(name)
     if kind == "id":
         return manifest.namespace_id == value

@@ -110,7 +110,7 @@ def format_target(value: timedelta) -> str:
 
 @dataclass(frozen=True)
 class Retention:
-    """Which snapshots `prune` keeps; a snapshot kept by any rule stays."""
+    """The rules of `prune`; a snapshot that any rule keeps stays."""
 
     keep_within: timedelta | None = DEFAULT_KEEP_WITHIN
     keep_last: int = 0

@@ -92,7 +92,7 @@ class Selection:
         """Combine --key, --prefix, --glob and --keys-from into one selection.
 
         A keys file without a key raises ConfigError: an empty selection
-        means every key, which is never what an empty file asks for.
+        means every key, which an empty file never means.
         """
         chosen = set(keys)
         for path in keys_files:

@@ -10,8 +10,8 @@ what `kvsnap daemon` repeats. The steps, in order:
    previous snapshot (see kvsnap.anomaly);
 4. fully read a rotating share of the snapshots (`[verify]`), the ones
    never or least recently read first, plus every one that is overdue;
-5. prune by `[retention]` under an exclusive lock; when another process
-   holds the repository, prune is skipped for this run with a warning,
+5. prune by `[retention]` under an exclusive lock. When another process
+   has the repository locked, prune is skipped for this run with a warning,
    because the next run prunes the same snapshots. When the lock in the way
    is stale, the run fails with exit 23 instead: a lock left by a killed
    process would otherwise stop every later prune without a word;
@@ -534,7 +534,7 @@ def failed_steps(result: RunResult) -> list[str]:
 
 
 def failure_summary(result: RunResult) -> str:
-    """One line naming what failed, for alerts."""
+    """Return one line naming what failed, for alerts."""
     if result.error:
         return f"kvsnap run {result.run_id} failed: {result.error}"
     failed = failed_steps(result) or ["see logs"]

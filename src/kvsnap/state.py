@@ -8,7 +8,7 @@ them under `state/`, one small JSON object per snapshot:
 
 Verify records are advisory: an unreadable one only means the snapshot is
 checked again. Holds are binding for prune, so an unreadable hold object
-still holds the snapshot named by its file name.
+still protects the snapshot named by its file name.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ async def add_hold(repo: Repository, hold: Hold) -> None:
 
 
 async def holds(repo: Repository) -> list[Hold]:
-    """Return every hold, oldest first; an unreadable one holds by its file name."""
+    """Return every hold, oldest first; an unreadable one is named by its file."""
     paths = [path for path, _size in await repo.storage.list(HOLDS_DIR)]
     found = await _read_all(repo, paths, Hold)
     result = []

@@ -121,7 +121,7 @@ async def collect_status(
 ) -> StatusReport:
     """Grade the policy's namespaces, or every namespace in the repository.
 
-    `expected` holds the namespace ids or titles that the policy backs up:
+    `expected` contains the namespace ids or titles that the policy backs up:
     only those are graded, and one without snapshots is a breach. Without
     it, every namespace with snapshots is graded. `namespace` limits the
     report to one.

@@ -21,6 +21,24 @@ from kvsnap.retention import ORPHAN_GRACE, PruneResult, prune
 log = logging.getLogger(__name__)
 
 
+def _calendar_option(name: str, period: str) -> typer.models.OptionInfo:
+    """Declare --keep-NAME, which keeps one snapshot per calendar `period`."""
+    return typer.Option(
+        None,
+        f"--keep-{name}",
+        min=0,
+        help=f"Keep the newest snapshot of each of the N newest {period} (UTC)"
+        " that have snapshots.",
+        show_default=False,
+    )
+
+
+KeepDailyOption = _calendar_option("daily", "days")
+KeepWeeklyOption = _calendar_option("weekly", "ISO weeks")
+KeepMonthlyOption = _calendar_option("monthly", "months")
+KeepYearlyOption = _calendar_option("yearly", "years")
+
+
 @app.command("prune")
 def prune_command(
     keep_within: str | None = typer.Option(
@@ -37,38 +55,10 @@ def prune_command(
         help="Keep the N newest snapshots of each namespace.",
         show_default=False,
     ),
-    keep_daily: int | None = typer.Option(
-        None,
-        "--keep-daily",
-        min=0,
-        help="Keep the newest snapshot of each of the N newest days (UTC)"
-        " that have snapshots.",
-        show_default=False,
-    ),
-    keep_weekly: int | None = typer.Option(
-        None,
-        "--keep-weekly",
-        min=0,
-        help="Keep the newest snapshot of each of the N newest ISO weeks (UTC)"
-        " that have snapshots.",
-        show_default=False,
-    ),
-    keep_monthly: int | None = typer.Option(
-        None,
-        "--keep-monthly",
-        min=0,
-        help="Keep the newest snapshot of each of the N newest months (UTC)"
-        " that have snapshots.",
-        show_default=False,
-    ),
-    keep_yearly: int | None = typer.Option(
-        None,
-        "--keep-yearly",
-        min=0,
-        help="Keep the newest snapshot of each of the N newest years (UTC)"
-        " that have snapshots.",
-        show_default=False,
-    ),
+    keep_daily: int | None = KeepDailyOption,
+    keep_weekly: int | None = KeepWeeklyOption,
+    keep_monthly: int | None = KeepMonthlyOption,
+    keep_yearly: int | None = KeepYearlyOption,
     namespace: str | None = typer.Option(
         None,
         "--namespace",
