@@ -159,3 +159,44 @@ def test_retries_exhausted_names_last_error(emulator: EmulatorServer) -> None:
 
     with pytest.raises(ApiError, match="failed after 3 attempts: HTTP 503"):
         asyncio.run(read())
+
+
+def create(server: EmulatorServer, title: str) -> Namespace:
+    async def send() -> Namespace:
+        async with client_for(server, policy=RetryPolicy(max_attempts=3)) as client:
+            return await client.create_namespace(title)
+
+    return asyncio.run(send())
+
+
+def test_create_after_lost_answer_takes_the_created_namespace(
+    emulator: EmulatorServer,
+) -> None:
+    emulator.inject("POST namespaces", [Fault(pass_through=True, truncate=True)])
+
+    created = create(emulator, "copy")
+
+    assert created.title == "copy"
+    requests = emulator.stats()["requests"]
+    assert requests["POST namespaces"] == 2
+
+
+def test_create_retry_never_takes_a_namespace_holding_keys(
+    emulator: EmulatorServer,
+) -> None:
+    # The first attempt fails before creating anything; the title is already
+    # taken by a namespace with data, which must not pass as this call's own.
+    create_namespace(emulator, "copy", [SeedEntry("k", b"v")])
+    emulator.inject("POST namespaces", [Fault(status=503)])
+
+    with pytest.raises(ApiError, match="copy"):
+        create(emulator, "copy")
+
+
+def test_create_without_retry_never_takes_a_taken_title(
+    emulator: EmulatorServer,
+) -> None:
+    create_namespace(emulator, "copy")
+
+    with pytest.raises(ApiError, match="code 10014"):
+        create(emulator, "copy")

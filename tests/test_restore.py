@@ -535,6 +535,42 @@ def test_restore_under_faults(emulator: EmulatorServer, repo: str) -> None:
         assert value_of(emulator, namespace_id, entry.key) == entry.value
 
 
+def namespace_titles(server: EmulatorServer) -> dict[str, list[str]]:
+    titles: dict[str, list[str]] = {}
+    for namespace in sdk(server).kv.namespaces.list(account_id=server.account_id):
+        titles.setdefault(namespace.title, []).append(namespace.id)
+    return titles
+
+
+def test_restore_create_survives_a_lost_create_answer(
+    emulator: EmulatorServer, repo: str
+) -> None:
+    entries = [SeedEntry(f"k{i}", f"v{i}".encode()) for i in range(30)]
+    create_namespace(emulator, "orders", entries)
+    assert restore_backup(emulator, repo, "orders").code == 0
+    # The namespace is created, then the answer is cut off: the client retries.
+    lost = Fault(pass_through=True, truncate=True)
+    emulator.inject("POST namespaces", [lost])
+
+    result = restore(
+        emulator,
+        repo,
+        "latest@orders",
+        "--to",
+        "orders-copy",
+        "--create",
+        "--yes",
+        "--json",
+    )
+
+    assert result.code == 0, result.stderr
+    assert "first attempt created" in result.stderr
+    report = json.loads(result.stdout)
+    assert namespace_titles(emulator)["orders-copy"] == [report["namespace_id"]]
+    assert report["written"] == 30
+    assert value_of(emulator, report["namespace_id"], "k7") == b"v7"
+
+
 def test_restore_demo_namespaces_into_new_account(tmp_path: Path, repo: str) -> None:
     accounts = [DEFAULT_ACCOUNT_ID, SECOND_ACCOUNT]
     with EmulatorServer(tmp_path / "kv", accounts=accounts) as server:

@@ -131,6 +131,7 @@ class _BulkGetEnvelope(msgspec.Struct):
 # cites Cloudflare's former Workers KV error list).
 CODE_KEY_NOT_FOUND = 10009
 CODE_NAMESPACE_NOT_FOUND = 10013
+CODE_DUPLICATE_TITLE = 10014
 
 
 class _NotFound(Exception):
@@ -147,6 +148,10 @@ class _NotFound(Exception):
 
 class _Rejected(Exception):
     """The API rejected a request with 4xx (other than 401, 403, 404 and 429)."""
+
+    def __init__(self, message: str, codes: list[int]) -> None:
+        super().__init__(message)
+        self.codes = codes
 
 
 @dataclass
@@ -245,7 +250,7 @@ class KvClient:
                 except cloudflare.NotFoundError as exc:
                     raise _NotFound(_describe(exc), _error_codes(exc)) from exc
                 except cloudflare.APIStatusError as exc:
-                    raise _Rejected(_describe(exc)) from exc
+                    raise _Rejected(_describe(exc), _error_codes(exc)) from exc
             if attempt < self.policy.max_attempts:
                 self.retries += 1
                 log.warning(
@@ -356,13 +361,19 @@ class KvClient:
     async def create_namespace(self, title: str) -> Namespace:
         """Create a namespace and return it.
 
-        Not idempotent: Cloudflare rejects a title that the account already
-        uses (400), which raises ApiError. A retry after a timeout may
-        therefore fail although the first request created the namespace.
+        Creation is not idempotent: Cloudflare rejects a title the account
+        already uses (code 10014). When an attempt failed in a way that may
+        have reached the API (a lost or cut answer, a 5xx) and the retry is
+        then rejected for its title, the earlier attempt most likely created
+        the namespace. If a namespace of that title exists and holds no key,
+        it is taken as this call's own; otherwise ApiError is raised.
         """
         operation = f"create namespace {title!r}"
+        attempts = 0
 
         async def send() -> Any:
+            nonlocal attempts
+            attempts += 1
             self.write_requests += 1
             return await self._sdk.kv.namespaces.with_raw_response.create(
                 account_id=self.account_id, title=title
@@ -371,12 +382,34 @@ class KvClient:
         try:
             body = await self._read_json(operation, send, _NamespaceEnvelope)
         except _Rejected as exc:
+            if attempts > 1 and CODE_DUPLICATE_TITLE in exc.codes:
+                adopted = await self._adopt_created(title)
+                if adopted is not None:
+                    return adopted
             raise ApiError(
                 f"{operation} failed: {exc}",
                 hint="a namespace with this title may exist already; "
                 "choose it by id, or pick another title",
             ) from exc
         return _namespace_from(body, operation)
+
+    async def _adopt_created(self, title: str) -> Namespace | None:
+        """Return the empty namespace titled `title`, or None if there is none."""
+        matches = [ns for ns in await self.list_namespaces() if ns.title == title]
+        if len(matches) != 1:
+            return None
+        namespace = matches[0]
+        async for page in self.iter_key_pages(namespace.id):
+            if page:
+                return None
+        log.warning(
+            "the answer to creating namespace %r was lost and the retry found "
+            "the title taken; using the empty namespace %s that the first "
+            "attempt created",
+            title,
+            namespace.id,
+        )
+        return namespace
 
     async def delete_namespace(self, namespace_id: str) -> None:
         """Delete a namespace and every key in it.
