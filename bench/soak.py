@@ -2,7 +2,8 @@
 
 Usage: python bench/soak.py [--minutes 30] [--fault-rate 0.1] [--fault-seed N]
        [--faults 429,500,502,503,drop,slow,truncate] [--seed 1] [--keys 400]
-       [--cycles N] [--max-attempts N] [--keep-workdir] [--json]
+       [--cycles N] [--max-attempts N] [--kill-share 0.3] [--keep-workdir]
+       [--json]
 
 The script starts one emulator on 127.0.0.1 inside its own process and seeds
 a source namespace through the Cloudflare SDK with random faults off. Random
@@ -14,7 +15,7 @@ Each cycle then:
 1. changes a few keys of the source namespace (adds, overwrites, metadata
    and expiration changes, deletes), drawn from --seed;
 2. reads the source namespace and runs `kvsnap backup` into a local folder
-   repository. The script writes nothing while the backup runs, so a
+   repository, in parts of 64 KiB so that each backup uploads many. The script writes nothing while the backup runs, so a
    successful backup must publish exactly one snapshot whose records equal
    the source namespace. A failed backup must publish none;
 3. runs `kvsnap verify SNAPSHOT --read-data`. Verify reads only the local
@@ -24,6 +25,14 @@ Each cycle then:
    failed restore may have written only the keys its error message reports
    (the first N planned keys in byte order, plus up to M of the request that
    failed). The script then deletes the namespace.
+
+A share of the cycles (--kill-share) first runs an extra backup and kills
+it with SIGKILL at a random point within the last backup's duration, faults
+on. A snapshot that such a backup published before it died must pass
+`verify --read-data` and equal the source; the cycle then goes on as above,
+so the next backup has to succeed over what the killed one left. At the
+end, prune runs with every snapshot kept and no grace for orphans: after
+it, every stored part belongs to a snapshot and no lock is left.
 
 Every command must either succeed with the correct result or fail loudly:
 a non-zero exit code, ``error:`` on stderr and no traceback. A success with
@@ -61,6 +70,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +79,9 @@ import cloudflare
 from kvsnap.emulator import EmulatorServer
 from kvsnap.emulator.faults import FAULT_KINDS, RandomFaults
 from kvsnap.format import Record
+from kvsnap.lock import LOCKS_DIR
 from kvsnap.repository import Repository
+from kvsnap.retention import Retention, prune
 from kvsnap.seed import SeedEntry, write_entries
 
 log = logging.getLogger("soak")
@@ -77,6 +89,11 @@ log = logging.getLogger("soak")
 DEFAULT_MINUTES = 30.0
 DEFAULT_FAULT_RATE = 0.1
 DEFAULT_KEYS = 400
+DEFAULT_KILL_SHARE = 0.3
+# Small parts give each backup many uploads, so kills land between them.
+PART_SIZE = "64KiB"
+# Prune at the end keeps every snapshot of the run.
+KEEP_EVERY_SNAPSHOT = Retention(keep_last=1_000_000)
 SOURCE_TITLE = "soak-source"
 # A backup or restore of a few hundred keys takes seconds even under faults.
 # A restore that finds a mismatch keeps reading for its 90 s read-back
@@ -121,6 +138,9 @@ class Tally:
     kvsnap_requests: int = 0
     snapshots_verified: int = 0
     keys_compared: int = 0
+    backups_killed: int = 0
+    killed_backups_published: int = 0
+    orphan_parts_removed: int = 0
     data_lost: int = 0
     quiet_failures: int = 0
     problems: list[str] = field(default_factory=list)
@@ -262,8 +282,13 @@ class Soak:
         faults: RandomFaults,
         seed: int,
         max_attempts: int | None,
+        kill_share: float = DEFAULT_KILL_SHARE,
     ) -> None:
         self.server = server
+        self.kill_share = kill_share
+        # Its own generator, so that kills do not change the data drawn.
+        self.kill_rng = random.Random(seed + 1)
+        self.backup_seconds = 2.0  # replaced by each successful backup's time
         # Options passed to backup and restore.
         self.retry = (
             [] if max_attempts is None else ["--max-attempts", str(max_attempts)]
@@ -373,24 +398,28 @@ class Soak:
             self.server.random_faults = None
             self.tally.kvsnap_requests += fetch_stats(self.server)["total"] - before
 
-    def run_kvsnap(self, name: str, args: list[str]) -> CommandResult:
-        """Run one kvsnap command in a child process, with a timeout."""
+    def kvsnap_command(self, name: str, args: list[str]) -> list[str]:
+        self.tally.commands[name] += 1
+        return [sys.executable, "-m", "kvsnap", name, *args, "--repo", self.repo]
+
+    def kvsnap_env(self) -> dict[str, str]:
         env = {
             key: value
             for key, value in os.environ.items()
             if not key.startswith(("CLOUDFLARE_", "KVSNAP_", "AWS_"))
         }
-        env |= {
+        return env | {
             "CLOUDFLARE_API_TOKEN": self.server.token,
             "CLOUDFLARE_ACCOUNT_ID": self.server.account_id,
             "CLOUDFLARE_BASE_URL": self.server.base_url,
         }
-        command = [sys.executable, "-m", "kvsnap", name, *args, "--repo", self.repo]
-        self.tally.commands[name] += 1
+
+    def run_kvsnap(self, name: str, args: list[str]) -> CommandResult:
+        """Run one kvsnap command in a child process, with a timeout."""
         try:
             done = subprocess.run(
-                command,
-                env=env,
+                self.kvsnap_command(name, args),
+                env=self.kvsnap_env(),
                 cwd=self.workdir,
                 capture_output=True,
                 text=True,
@@ -400,6 +429,25 @@ class Soak:
             stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else ""
             return CommandResult(name, None, "", stderr or "")
         return CommandResult(name, done.returncode, done.stdout, done.stderr)
+
+    def kill_kvsnap(self, name: str, args: list[str], seconds: float) -> bool:
+        """Run a command and SIGKILL it after `seconds`; False if it ended first."""
+        process = subprocess.Popen(
+            self.kvsnap_command(name, args),
+            env=self.kvsnap_env(),
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=COMMAND_TIMEOUT_SECONDS)
+            return True
+        if process.wait(timeout=COMMAND_TIMEOUT_SECONDS) != 0:
+            self.tally.failed_by_exit_code[str(process.returncode)] += 1
+        return False
 
     def judge_failure(self, result: CommandResult) -> None:
         """Count a failed command, and note it as a problem unless it was loud."""
@@ -434,6 +482,8 @@ class Soak:
     def run_cycle(self, number: int) -> None:
         self.mutate_source()
         source = self.read_namespace(self.source_id)
+        if self.kill_rng.random() < self.kill_share:
+            self.killed_backup(source)
         snapshot_id = self.backup(source)
         if snapshot_id is None:
             return
@@ -441,12 +491,31 @@ class Soak:
             return
         self.restore(snapshot_id, number)
 
+    def killed_backup(self, source: Contents) -> None:
+        """Kill a backup at a random point; what it published must be whole."""
+        before = self.snapshot_ids()
+        delay = self.kill_rng.uniform(0.0, self.backup_seconds)
+        with self.random_faults_on():
+            args = [SOURCE_TITLE, "--part-size", PART_SIZE, *self.retry]
+            killed = self.kill_kvsnap("backup", args, delay)
+        self.tally.backups_killed += killed
+        for snapshot_id in sorted(self.snapshot_ids() - before):
+            self.tally.killed_backups_published += killed
+            label = f"snapshot {snapshot_id} of a backup killed at {delay:.2f} s"
+            if self.verify(snapshot_id):
+                contents = self.snapshot_contents(snapshot_id)
+                self.compare(f"{label} against the source", contents, source)
+
     def backup(self, source: Contents) -> str | None:
         """Back up the source; return the new snapshot's id if it is correct."""
         before = self.snapshot_ids()
+        started = time.monotonic()
         with self.random_faults_on():
-            result = self.run_kvsnap("backup", [SOURCE_TITLE, "--json", *self.retry])
+            args = [SOURCE_TITLE, "--part-size", PART_SIZE, "--json", *self.retry]
+            result = self.run_kvsnap("backup", args)
         published = self.snapshot_ids() - before
+        if result.code == 0:
+            self.backup_seconds = time.monotonic() - started
 
         if result.code != 0:
             self.judge_failure(result)
@@ -532,6 +601,43 @@ class Soak:
             )
             self.tally.note_problem("quiet failure", message)
 
+    # -- the end of the run ----------------------------------------------
+
+    def sweep(self) -> None:
+        """Prune with every snapshot kept; no orphan part or lock may remain."""
+        if not Path(self.repo, "kvsnap.json").exists():
+            return
+
+        async def run() -> None:
+            repo = await Repository.open(self.repo)
+            result = await prune(
+                repo, KEEP_EVERY_SNAPSHOT, dry_run=False, orphan_grace=timedelta(0)
+            )
+            self.tally.orphan_parts_removed = sum(
+                len(orphan.paths) for orphan in result.orphans_removed
+            )
+            referenced = {
+                part.path
+                for manifest in await repo.snapshots()
+                for part in manifest.parts
+            }
+            root = Path(self.repo)
+            stored = {
+                str(path.relative_to(root))
+                for path in (root / "data").rglob("*")
+                if path.is_file()
+            }
+            if stored - referenced:
+                extra = sorted(stored - referenced)
+                message = f"{len(extra)} parts left after prune, first {extra[0]}"
+                self.tally.note_problem("quiet failure", message)
+            locks = [p for p in (root / LOCKS_DIR).rglob("*") if p.is_file()]
+            if locks:
+                message = f"{len(locks)} locks left after prune, first {locks[0].name}"
+                self.tally.note_problem("quiet failure", message)
+
+        asyncio.run(run())
+
 
 def fetch_stats(server: EmulatorServer) -> dict[str, Any]:
     with urllib.request.urlopen(server.root_url + "/__emulator/stats", timeout=10) as r:
@@ -552,6 +658,9 @@ def summary(soak: Soak, args: argparse.Namespace, seconds: float) -> dict[str, A
         "kvsnap_api_requests": tally.kvsnap_requests,
         "snapshots_verified": tally.snapshots_verified,
         "keys_compared": tally.keys_compared,
+        "backups_killed": tally.backups_killed,
+        "killed_backups_published": tally.killed_backups_published,
+        "orphan_parts_removed": tally.orphan_parts_removed,
         "data_lost": tally.data_lost,
         "quiet_failures": tally.quiet_failures,
         "problems": tally.problems,
@@ -564,6 +673,7 @@ def summary(soak: Soak, args: argparse.Namespace, seconds: float) -> dict[str, A
             "seed": args.seed,
             "keys": args.keys,
             "max_attempts": args.max_attempts,
+            "kill_share": args.kill_share,
         },
     }
 
@@ -619,6 +729,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "more commands fail, which checks the failure path (default: kvsnap's)",
     )
     parser.add_argument(
+        "--kill-share",
+        type=float,
+        default=DEFAULT_KILL_SHARE,
+        help="share of cycles that start with a backup killed at a random point "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the emulator data and the repository after the run",
@@ -630,6 +747,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.fault_seed = args.seed
     if args.minutes < 0 or (args.cycles is not None and args.cycles < 1):
         parser.error("--minutes must be 0 or more and --cycles 1 or more")
+    if not 0 <= args.kill_share <= 1:
+        parser.error(f"--kill-share {args.kill_share} is not between 0 and 1")
 
     try:
         args.random_faults = RandomFaults(
@@ -656,7 +775,14 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.minutes * 60
 
     with EmulatorServer(workdir / "kv") as server:
-        soak = Soak(server, workdir, args.random_faults, args.seed, args.max_attempts)
+        soak = Soak(
+            server,
+            workdir,
+            args.random_faults,
+            args.seed,
+            args.max_attempts,
+            args.kill_share,
+        )
         soak.seed_source(args.keys)
         while time.monotonic() < deadline and (
             args.cycles is None or soak.tally.cycles < args.cycles
@@ -671,6 +797,7 @@ def main(argv: list[str] | None = None) -> int:
                 soak.tally.data_lost,
                 soak.tally.quiet_failures,
             )
+        soak.sweep()
         result = summary(soak, args, time.monotonic() - started)
 
     problems = result["data_lost"] + result["quiet_failures"]

@@ -45,6 +45,33 @@ def test_soak_one_cycle_json(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [], "the working folder was not removed"
 
 
+def test_soak_kills_backups_and_sweeps_orphans(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPT), "--cycles", "3", "--keys", "60"]
+    command += ["--fault-rate", "0.1", "--faults", "500,503,drop"]
+    command += ["--kill-share", "1", "--json"]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    # Every cycle starts one backup to kill, then runs the one it checks.
+    assert result["commands_by_name"]["backup"] == 6
+    assert result["backups_killed"] >= 1
+    assert result["data_lost"] == 0
+    assert result["quiet_failures"] == 0
+    assert result["settings"]["kill_share"] == 1
+
+
+def test_soak_rejects_kill_share_above_one() -> None:
+    command = [sys.executable, str(SCRIPT), "--kill-share", "1.5"]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2
+    assert "--kill-share 1.5 is not between 0 and 1" in done.stderr
+
+
 def test_soak_rejects_unknown_fault_kind() -> None:
     command = [sys.executable, str(SCRIPT), "--faults", "500,lost"]
 
