@@ -392,7 +392,12 @@ def test_backup_interrupted_leaves_no_snapshot(
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(4)
+        # Signal once the first part is stored, however loaded the machine is.
+        deadline = time.monotonic() + 60
+        while not list(Path(repo, "data").rglob("*.jsonl.zst")):
+            assert child.poll() is None, "the backup ended before it was signalled"
+            assert time.monotonic() < deadline, "no part stored within 60 s"
+            time.sleep(0.05)
         child.send_signal(sig)
         stdout, stderr = child.communicate(timeout=60)
 

@@ -467,3 +467,39 @@ def test_backup_pairs_value_with_its_metadata(
     record = records_by_key(repo_url, snapshots(repo_url)[0])["k"]
     assert record.value_bytes() == b"new"
     assert record.metadata == {"version": "new"}
+
+
+def test_backup_pairs_binary_value_with_its_metadata(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """A binary key, read alone, is not torn by a write after the key list."""
+    old = SeedEntry("b", b"\xff\x00old", metadata={"version": "old"})
+    namespace_id = create_namespace(emulator, "torn-binary", [old])
+    repo_url = str(tmp_path / "repo")
+    expiration = int(time.time()) + 7200
+    # The raw read is handled 1 s after it arrives, long after the key list.
+    emulator.inject("GET values", [Fault(pass_through=True, delay_ms=1000.0)])
+
+    def rewrite_during_raw_read() -> None:
+        deadline = time.monotonic() + 30
+        while emulator.stats()["requests"].get("GET values", 0) == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        new = SeedEntry(
+            "b", b"\xff\x00new", metadata={"version": "new"}, expiration=expiration
+        )
+        write_entries(sdk(emulator), emulator.account_id, namespace_id, [new])
+
+    writer = threading.Thread(target=rewrite_during_raw_read, daemon=True)
+    writer.start()
+    done = run_cli(
+        ["backup", "torn-binary", "--repo", repo_url, *FAST], cloudflare_env(emulator)
+    )
+    writer.join(timeout=30)
+
+    assert done.code == 0, done.stderr
+    record = records_by_key(repo_url, snapshots(repo_url)[0])["b"]
+    assert record.value_bytes() == b"\xff\x00new"
+    assert record.metadata == {"version": "new"}
+    assert record.expiration == expiration

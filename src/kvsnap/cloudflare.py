@@ -690,21 +690,41 @@ class KvClient:
     ) -> list[Any]:
         """Read each key alone as raw bytes, skipping keys deleted since the list.
 
-        NOTE: metadata and expiration are those of the key list, because a
-        raw GET returns neither in its body. A key written between the list
-        and the GET gets its new value with its old metadata.
+        A raw GET returns the value and its expiration (in a header) but not
+        its metadata, so the metadata is read after it and compared with the
+        metadata seen before the value (first from the key list). When they
+        differ, the key was written in between and the value may be older
+        than the metadata: both are read again, up to RAW_READ_ROUNDS times.
+        A key that is still changing then keeps its last value with the
+        metadata read after it, and a warning says so.
         """
 
         async def one(info: KeyInfo) -> Record | None:
-            stats.raw_gets += 1
-            found = await self.get_value(namespace_id, info.name)
-            if found is None:
-                stats.skipped_keys += 1
-                log.info("key %r was deleted during the backup; skipped", info.name)
-                return None
-            data, _expiration_header = found
+            before = _metadata_or_none(info.metadata)
+            for _ in range(limits.RAW_READ_ROUNDS):
+                stats.raw_gets += 1
+                found = await self.get_value(namespace_id, info.name)
+                if found is None:
+                    stats.skipped_keys += 1
+                    log.info("key %r was deleted during the backup; skipped", info.name)
+                    return None
+                data, expiration_header = found
+                after = await self.get_metadata(namespace_id, info.name)
+                if after == before:
+                    break
+                before = after
+            else:
+                log.warning(
+                    "key %r changed on each of %d reads; keeping the last value "
+                    "with the metadata read after it",
+                    info.name,
+                    limits.RAW_READ_ROUNDS,
+                )
             return Record.from_bytes(
-                info.name, data, metadata=info.metadata, expiration=info.expiration
+                info.name,
+                data,
+                metadata=msgspec.UNSET if after is None else after,
+                expiration=_expiration_from_header(expiration_header, info.name),
             )
 
         # A task group cancels the other reads as soon as one fails for good.
@@ -861,6 +881,25 @@ class KvClient:
 
         body = await self._read_key("read metadata", namespace_id, key, request)
         return body.result if body is not None else None
+
+
+def _metadata_or_none(metadata: Any) -> Any:
+    return None if metadata is msgspec.UNSET else metadata
+
+
+def _expiration_from_header(
+    header: str | None, key: str
+) -> int | float | msgspec.UnsetType:
+    """Read the `expiration` header of a raw GET (epoch seconds), if any."""
+    if not header:
+        return msgspec.UNSET
+    try:
+        seconds = float(header)
+    except ValueError as exc:
+        raise ApiError(
+            f"read value of key {key!r}: unreadable expiration header {header!r}"
+        ) from exc
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 async def _next_pending(

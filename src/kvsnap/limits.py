@@ -17,6 +17,9 @@ LIST_PAGE_MIN = 10  # GET .../keys: limit min 10
 NAMESPACES_PAGE_MAX = 1000  # GET .../namespaces: per_page max 1000
 NAMESPACES_PAGE_DEFAULT = 20  # GET .../namespaces: per_page default 20
 BULK_GET_MAX_KEYS = 100  # POST .../bulk/get
+# Reads of a binary value and its metadata until the metadata stays the same
+# across a value read (see KvClient._fetch_raw).
+RAW_READ_ROUNDS = 3
 BULK_WRITE_MAX_PAIRS = 10_000  # PUT .../bulk
 BULK_WRITE_MAX_BYTES = 100_000_000  # PUT .../bulk: "100 megabytes or less"
 BULK_DELETE_MAX_KEYS = 10_000  # POST .../bulk/delete
