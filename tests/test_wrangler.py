@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cloudflare
 import pytest
 
 from kvsnap.emulator import EmulatorServer
@@ -128,6 +129,15 @@ def run_wrangler(
     data_dir: Path, workdir: Path, commands: list[list[str]]
 ) -> list[WranglerRun]:
     """Run wrangler commands in the sandbox against an emulator serving data_dir."""
+    runs, _ = run_wrangler_counted(data_dir, workdir, commands)
+    return runs
+
+
+def run_wrangler_counted(
+    data_dir: Path, workdir: Path, commands: list[list[str]]
+) -> tuple[list[WranglerRun], dict[str, int]]:
+    """Run wrangler commands like `run_wrangler`; also return the emulator's
+    request counts by endpoint name, such as ``"DELETE bulk"``."""
     plan = {
         "data_dir": str(data_dir),
         "workdir": str(workdir),
@@ -144,16 +154,17 @@ def run_wrangler(
         timeout=SANDBOX_TIMEOUT_SECONDS,
     )
     assert done.returncode == 0, done.stderr
-    runs = json.loads(result_path.read_text())["runs"]
-    return [
+    result = json.loads(result_path.read_text())
+    runs = [
         WranglerRun(
             run["args"],
             run["returncode"],
             base64.b64decode(run["stdout_base64"]),
             run["stderr"],
         )
-        for run in runs
+        for run in result["runs"]
     ]
+    return runs, result["requests"]
 
 
 def remote(namespace_id: str, *args: str) -> list[str]:
@@ -312,6 +323,61 @@ def test_wrangler_key_put_get_list(wrangler_available: None, tmp_path: Path) -> 
             "blob+meta": (blob.read_bytes(), {"k": "v"}, None),
             text_key: ("text \u2603 value".encode(), metadata, EXPIRATION),
         }
+
+
+# wrangler puts the key of `kv key delete` into the URL path with
+# encodeURIComponent. Its neighbour differs only in "%41", so a second
+# percent-decoding would delete the wrong key.
+KEY_DELETED = "path/with spaces/and?query#frag%41+plus"
+KEY_KEPT = "path/with spaces/and?query#fragA+plus"
+BULK_DELETED = ["bulk/\u00e9t\u00e9", "bulk/emoji \U0001f511", "unit\x1fseparator"]
+DELETE_SOURCE = [
+    SeedEntry(KEY_DELETED, b"deleted by kv key delete"),
+    SeedEntry(KEY_KEPT, b"kept", metadata={"neighbour": True}),
+    SeedEntry(BULK_DELETED[0], b"deleted by kv bulk delete"),
+    SeedEntry(BULK_DELETED[1], b"deleted too", metadata={"m": 1}),
+    SeedEntry(BULK_DELETED[2], b"deleted too", expiration=EXPIRATION),
+    SeedEntry("bulk/kept", b"kept", expiration=EXPIRATION),
+    SeedEntry("bin/kept", NOT_UTF8),
+]
+
+
+def test_wrangler_key_and_bulk_delete(wrangler_available: None, tmp_path: Path) -> None:
+    data_dir = tmp_path / "kv"
+    workdir = tmp_path / "wrangler"
+    workdir.mkdir()
+    keys_file = workdir / "delete.json"
+    # A key that was never written is no error for a bulk delete.
+    keys_file.write_text(json.dumps([*BULK_DELETED, "never/written"]))
+    with EmulatorServer(data_dir) as server:
+        namespace_id = create_namespace(server, "deletes", DELETE_SOURCE)
+
+    (key_delete, bulk_delete), requests = run_wrangler_counted(
+        data_dir,
+        workdir,
+        [
+            remote(namespace_id, "kv", "key", "delete", KEY_DELETED),
+            remote(namespace_id, "kv", "bulk", "delete", str(keys_file), "--force"),
+        ],
+    )
+
+    assert key_delete.returncode == 0, key_delete.stderr
+    assert bulk_delete.returncode == 0, bulk_delete.stderr
+    assert b"Success!" in bulk_delete.stdout
+    # wrangler 4.86.0 sends bulk deletes to the deprecated DELETE .../bulk.
+    assert requests == {"DELETE values": 1, "DELETE bulk": 1}
+    deleted_keys = [KEY_DELETED, *BULK_DELETED]
+    kept = [entry for entry in DELETE_SOURCE if entry.key not in deleted_keys]
+    with EmulatorServer(data_dir) as server:
+        assert read_namespace(server, namespace_id) == {
+            entry.key: expected_pair(entry) for entry in kept
+        }
+        with sdk(server) as client:
+            for key in deleted_keys:
+                with pytest.raises(cloudflare.NotFoundError):
+                    client.kv.namespaces.values.get(
+                        key, account_id=server.account_id, namespace_id=namespace_id
+                    )
 
 
 def test_wrangler_bulk_put_rejects_scalar_metadata(

@@ -9,7 +9,9 @@ which no other emulator may have open. ``workdir`` is wrangler's working
 directory and home, and ``wrangler`` is its executable. ``commands`` is a list
 of argument lists, each run as ``wrangler ARGS...`` with a time limit.
 RESULT.json gets, for each command, its arguments, exit code, stdout as base64
-(``kv key get`` prints raw bytes) and stderr as text.
+(``kv key get`` prints raw bytes) and stderr as text. It also gets the
+emulator's request counts by endpoint name (see `kvsnap.emulator.routing`), which
+show the routes wrangler used.
 
 The script exits with status 2, before it starts wrangler, when the network
 namespace has any interface besides ``lo``: wrangler checks npm for updates
@@ -111,7 +113,8 @@ def main(plan_path: str, result_path: str) -> int:
             run_command(plan["wrangler"], args, env, workdir)
             for args in plan["commands"]
         ]
-    Path(result_path).write_text(json.dumps({"runs": runs}))
+        requests = server.stats()["requests"]
+    Path(result_path).write_text(json.dumps({"runs": runs, "requests": requests}))
     return 0
 
 

@@ -154,7 +154,7 @@ def _duplicate(title: str) -> ApiError:
 
 def _key_list(body: Any, maximum: int, what: str) -> list[str]:
     if not isinstance(body, list):
-        raise ApiError(400, CODE_BAD_BODY, f"{what}: body must be a JSON array of keys")
+        raise ApiError(400, CODE_BAD_BODY, f"{what} must be a JSON array of keys")
     if len(body) > maximum:
         raise ApiError(
             400,
@@ -388,7 +388,7 @@ def bulk_write(request: Request, context: Context) -> Response:
 
 def bulk_delete(request: Request, context: Context) -> Response:
     namespace = _namespace(request, context)
-    names = _key_list(_json_body(request), BULK_DELETE_MAX_KEYS, "bulk delete")
+    names = _key_list(_json_body(request), BULK_DELETE_MAX_KEYS, "bulk delete body")
     keys = [validate.key_bytes(name) for name in names]
     context.store.delete(namespace, keys, context.clock())
     return ok({"successful_key_count": len(keys), "unsuccessful_keys": []})
@@ -427,7 +427,7 @@ def bulk_get(request: Request, context: Context) -> Response:
     body = _json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, CODE_BAD_BODY, "body must be a JSON object with 'keys'")
-    names = _key_list(body.get("keys"), BULK_GET_MAX_KEYS, "bulk get")
+    names = _key_list(body.get("keys"), BULK_GET_MAX_KEYS, "bulk get field 'keys'")
     kind = body.get("type", "text")
     if kind not in ("text", "json"):
         raise ApiError(400, CODE_BAD_BODY, "type must be 'text' or 'json'")
