@@ -1,14 +1,15 @@
-# Two entry points for a fresh machine with Python 3.11 and pip:
+# Entry points for a fresh machine with Python 3.11 and pip:
 #   make demo   back up real data from the bundled emulator and verify it
 #   make test   run the whole test suite
-# Both create (or reuse) .venv and install kvsnap with what it needs.
+#   make bench  run every benchmark (20 minutes or more), rewrite BENCHMARKS.md
+# Each creates (or reuses) .venv and installs kvsnap with what it needs.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format clean
+.PHONY: demo test test-slow bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python bench/harness.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format src tests bench

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudflare
@@ -27,13 +28,16 @@ from kvsnap.emulator import EmulatorServer
 from kvsnap.seed import SeedEntry, write_namespace
 
 
-def synthetic_entries(count: int, seed: int = 7) -> list[SeedEntry]:
+def iter_synthetic_entries(count: int, seed: int = 7) -> Iterator[SeedEntry]:
+    """Yield N text keys with JSON values of 100 to 2,000 bytes, the same for a seed."""
     rng = random.Random(seed)
-    entries = []
     for i in range(count):
         body = {"id": i, "name": f"user-{i}", "pad": "x" * rng.randint(60, 1900)}
-        entries.append(SeedEntry(f"user/{i:08d}", json.dumps(body).encode()))
-    return entries
+        yield SeedEntry(f"user/{i:08d}", json.dumps(body).encode())
+
+
+def synthetic_entries(count: int, seed: int = 7) -> list[SeedEntry]:
+    return list(iter_synthetic_entries(count, seed))
 
 
 def main() -> None:
