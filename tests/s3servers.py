@@ -7,12 +7,17 @@
   are tested against it.
 - `FaultProxy` sits in front of a server and answers chosen requests with an
   error status, or closes the connection: before reading the whole upload
-  (``cut``), after reading it (``drop``), after a wait (``hang``) or after
-  forwarding it, so the object is stored but the answer is lost
-  (``lose_answer``). Every other request is forwarded unchanged, Host header
-  included, so signatures stay valid.
+  (``cut``), after reading it (``drop``) or after forwarding it, so the
+  object is stored but the answer is lost (``lose_answer``). ``hang`` reads
+  the request and never answers, until the client gives up and closes the
+  connection or the proxy is closed. ``delay`` forwards the request after a
+  wait, to slow a run down. Every other request is forwarded unchanged, Host
+  header included, so signatures stay valid. When the server behind the
+  proxy is down, the proxy closes the client's connection without an answer.
 
-Each server is started once per session and stopped by its PID. Every test
+Each server is started once per session and stopped by its PID.
+`RcloneProcess` is a server of a test's own, which the test may kill and
+start again on the same port and folder. Every test
 gets a fresh location: a new bucket on moto, a new prefix in the session's
 bucket on rclone (rclone caches folder listings for minutes, so a bucket made
 as a folder behind its back stays invisible, and turning the cache off makes
@@ -26,6 +31,7 @@ import contextlib
 import http.client
 import itertools
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -45,6 +51,10 @@ SECRET_KEY = "kvsnap-test-secret-0123456789"
 REGION = "us-east-1"
 STARTUP_TIMEOUT_SECONDS = 20.0
 UPSTREAM_TIMEOUT_SECONDS = 30.0
+# How often a hanging request checks whether its client or the proxy closed.
+HANG_POLL_SECONDS = 0.1
+# How long closing the proxy waits for each of its threads.
+PROXY_JOIN_SECONDS = 10.0
 
 # Requests the proxy does not forward: hop-by-hop headers (RFC 9110, 7.6.1).
 HOP_BY_HOP_HEADERS = frozenset(
@@ -156,15 +166,10 @@ def set_s3_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     monkeypatch.setenv("AWS_REGION", REGION)
 
 
-@pytest.fixture(scope="session")
-def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """Start `rclone serve s3` on a free port, serving a temporary folder."""
-    root = tmp_path_factory.mktemp("rclone-s3")
-    # rclone serves each top-level folder as a bucket.
-    (root / RCLONE_BUCKET).mkdir()
-    config = tmp_path_factory.mktemp("rclone-config") / "rclone.conf"
+def start_rclone(root: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start `rclone serve s3` on 127.0.0.1:`port`, serving the folder `root`."""
+    config = root.parent / f"{root.name}-rclone.conf"
     config.write_text("")
-    port = free_port()
     command = [
         rclone_binary(),
         "serve",
@@ -182,9 +187,61 @@ def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server
     )
     try:
         wait_until_listening(port, process)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def rclone_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Start `rclone serve s3` on a free port, serving a temporary folder."""
+    root = tmp_path_factory.mktemp("rclone-s3")
+    # rclone serves each top-level folder as a bucket.
+    (root / RCLONE_BUCKET).mkdir()
+    port = free_port()
+    process = start_rclone(root, port)
+    try:
         yield S3Server("rclone", f"http://{HOST}:{port}")
     finally:
         stop_process(process)
+
+
+class RcloneProcess:
+    """An `rclone serve s3` of one test, which the test may kill and restart.
+
+    The port and the folder stay the same across restarts, so clients and
+    stored objects carry over. `stop` is safe to call when it is not running.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / RCLONE_BUCKET).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        if self.process is not None:
+            raise RuntimeError("rclone is already running")
+        self.process = start_rclone(self.root, self.port)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash or an OOM kill would.
+
+        rclone 1.75 writes an upload to a `.rclone_temp_put_*` file and renames
+        it when complete, so a kill leaves no partial object, but that hidden
+        file stays in the folder and is not listed over S3.
+        """
+        if self.process is None:
+            raise RuntimeError("rclone is not running")
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
 
 
 @pytest.fixture(scope="session")
@@ -226,17 +283,17 @@ def repo_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # What a FaultRule does to a matching request, besides answering `status`.
-PROXY_ACTIONS = ("status", "cut", "drop", "hang", "lose_answer")
+PROXY_ACTIONS = ("status", "cut", "drop", "hang", "lose_answer", "delay")
 
 
 @dataclass
 class FaultRule:
     """Misbehave on requests whose method and path match.
 
-    `action` is one of PROXY_ACTIONS: ``status`` answers `status`; the others
-    close the connection without an answer (see the module docstring), and
-    ``hang`` first waits `delay` seconds. `times` is how many matching
-    requests get the fault; None means every one.
+    `action` is one of PROXY_ACTIONS: ``status`` answers `status`, ``delay``
+    forwards the request after `delay` seconds, and the others close the
+    connection without an answer (see the module docstring). `times` is how
+    many matching requests get the fault; None means every one.
     """
 
     method: str
@@ -250,6 +307,8 @@ class FaultRule:
 
 @dataclass
 class ProxiedRequest:
+    """A request the proxy handled; `status` is 0 when no answer was sent."""
+
     method: str
     path: str
     status: int
@@ -264,6 +323,8 @@ class FaultProxy:
     rules: list[FaultRule] = field(default_factory=list)
     requests: list[ProxiedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    closing: threading.Event = field(default_factory=threading.Event)
+    connections: set[socket.socket] = field(default_factory=set)
 
     def fail(
         self,
@@ -284,6 +345,11 @@ class FaultProxy:
         with self.lock:
             self.rules.append(rule)
         return rule
+
+    def clear(self) -> None:
+        """Remove every rule, so that later requests are forwarded unchanged."""
+        with self.lock:
+            self.rules.clear()
 
     def match(self, method: str, path: str) -> FaultRule | None:
         with self.lock:
@@ -309,10 +375,36 @@ class FaultProxy:
                 if request.method == method and pattern.search(request.path)
             ]
 
+    def open_connections(self) -> int:
+        with self.lock:
+            return len(self.connections)
+
+    def close_connections(self) -> None:
+        """End hanging requests and shut every client connection down."""
+        self.closing.set()
+        with self.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
 
 def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            with proxy.lock:
+                proxy.connections.add(self.connection)
+            if proxy.closing.is_set():
+                self.close_connection = True
+
+        def finish(self) -> None:
+            with proxy.lock:
+                proxy.connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # keep test output clean
@@ -331,25 +423,46 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if rule is not None and rule.action == "cut":
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length // 2)
-                self.close_without_answer("cut")
+                self.close_without_answer()
                 return
             body = self.read_body()
             if rule is None:
                 self.forward(body)
             elif rule.action == "status":
                 self.send_fault(rule.status)
+            elif rule.action == "delay":
+                proxy.closing.wait(rule.delay)
+                self.forward(body)
             elif rule.action == "lose_answer":
                 self.forward(body, answer=False)
-                self.close_without_answer("lose_answer")
+                self.close_without_answer()
+            elif rule.action == "hang":
+                proxy.record(self.command, self.path, 0, injected=True)
+                self.wait_for_client_close()
+                self.close_without_answer(record=False)
             else:
-                time.sleep(rule.delay)
-                self.close_without_answer(rule.action)
+                self.close_without_answer()
 
-        def close_without_answer(self, action: str) -> None:
+        def wait_for_client_close(self) -> None:
+            """Block until the client closes the connection or the proxy closes."""
+            while not proxy.closing.wait(HANG_POLL_SECONDS):
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                if not readable:
+                    continue
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return
+                except OSError:
+                    return
+
+        def close_without_answer(
+            self, *, record: bool = True, injected: bool = True
+        ) -> None:
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            proxy.record(self.command, self.path, 0, injected=True)
+            if record:
+                proxy.record(self.command, self.path, 0, injected=injected)
 
         def send_fault(self, status: int) -> None:
             payload = (
@@ -366,6 +479,32 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             proxy.record(self.command, self.path, status, injected=True)
 
         def forward(self, body: bytes, *, answer: bool = True) -> None:
+            try:
+                status, reason, headers, payload = self.ask_upstream(body)
+            except (OSError, http.client.HTTPException):
+                # The server is down or dropped the request: so does the proxy.
+                self.close_without_answer(injected=False)
+                return
+            if not answer:
+                return
+            self.send_response(status, reason)
+            for name, value in headers:
+                lowered = name.lower()
+                if lowered in HOP_BY_HOP_HEADERS:
+                    continue
+                if lowered == "content-length" and self.command != "HEAD":
+                    continue
+                self.send_header(name, value)
+            if self.command != "HEAD":
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+            proxy.record(self.command, self.path, status, injected=False)
+
+        def ask_upstream(
+            self, body: bytes
+        ) -> tuple[int, str, list[tuple[str, str]], bytes]:
             conn = http.client.HTTPConnection(
                 HOST, proxy.upstream_port, timeout=UPSTREAM_TIMEOUT_SECONDS
             )
@@ -379,26 +518,43 @@ def _make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 conn.endheaders(body or None)
                 response = conn.getresponse()
                 payload = response.read()
-                if not answer:
-                    return
-                self.send_response(response.status, response.reason)
-                for name, value in response.getheaders():
-                    lowered = name.lower()
-                    if lowered in HOP_BY_HOP_HEADERS:
-                        continue
-                    if lowered == "content-length" and self.command != "HEAD":
-                        continue
-                    self.send_header(name, value)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-                proxy.record(self.command, self.path, response.status, injected=False)
+                return response.status, response.reason, response.getheaders(), payload
             finally:
                 conn.close()
 
     return Handler
+
+
+@contextlib.contextmanager
+def running_proxy(upstream_port: int) -> Iterator[tuple[FaultProxy, str]]:
+    """Run a FaultProxy in front of `upstream_port`; yield it and its endpoint.
+
+    On exit, hanging requests end and client connections are shut down, and
+    every proxy thread is joined, so none outlives the block. A thread still
+    alive after PROXY_JOIN_SECONDS fails the test.
+    """
+    proxy = FaultProxy(upstream_port)
+    server = ThreadingHTTPServer((HOST, 0), _make_handler(proxy))
+    # Handler threads are joined by server_close, not left running as daemons.
+    server.daemon_threads = False
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield proxy, f"http://{HOST}:{server.server_address[1]}"
+    finally:
+        proxy.close_connections()
+        server.shutdown()
+        serving.join(timeout=PROXY_JOIN_SECONDS)
+        # ThreadingMixIn keeps its non-daemon handler threads in a list
+        # (CPython 3.7 and later), which server_close empties as it joins them.
+        threads = getattr(server, "_threads", None)
+        handlers = list(threads) if isinstance(threads, list) else []
+        server.server_close()
+        for thread in handlers:
+            thread.join(timeout=PROXY_JOIN_SECONDS)
+        leaked = [thread for thread in [serving, *handlers] if thread.is_alive()]
+        if leaked:
+            raise RuntimeError(f"{len(leaked)} proxy threads still running")
 
 
 @pytest.fixture
@@ -410,15 +566,6 @@ def fault_proxy(
     Returns the proxy (add rules with `fail`) and the s3:// URL of a fresh
     prefix; the AWS variables point at the proxy.
     """
-    proxy = FaultProxy(rclone_server.port)
-    server = ThreadingHTTPServer((HOST, 0), _make_handler(proxy))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    set_s3_environment(monkeypatch, f"http://{HOST}:{server.server_address[1]}")
-    try:
+    with running_proxy(rclone_server.port) as (proxy, endpoint):
+        set_s3_environment(monkeypatch, endpoint)
         yield proxy, new_rclone_url()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

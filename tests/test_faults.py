@@ -14,15 +14,20 @@ default run covers a few seeds; the ``slow`` variants cover many more.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import random
 import re
 import shutil
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from kvsnap import limits
 from kvsnap.cloudflare import KvClient, ReadStats
 from kvsnap.emulator import EmulatorServer, Fault
 from kvsnap.emulator.faults import RandomFaults
@@ -37,7 +42,7 @@ from tests.kvtools import (
     sdk,
     snapshots,
 )
-from tests.s3servers import FaultProxy
+from tests.s3servers import FaultProxy, free_port, running_proxy
 
 TITLE = "faulty"
 # Enough keys for several list pages, bulk gets and raw reads (binary values).
@@ -355,7 +360,7 @@ MANIFEST = r"/snapshots/"
 
 
 def s3_backup(
-    source: Source, tmp_path: Path, url: str
+    source: Source, tmp_path: Path, url: str, **extra_env: str
 ) -> tuple[CliResult, list[bytes] | None]:
     """Back up the source namespace to `url`; return the result and records."""
     data_dir = tmp_path / "kv"
@@ -364,7 +369,7 @@ def s3_backup(
     with EmulatorServer(data_dir) as server:
         result = run_cli(
             ["backup", TITLE, "--repo", url, "--part-size", "16KiB"],
-            cloudflare_env(server, **aws),
+            cloudflare_env(server, **aws, **extra_env),
         )
     found = snapshots(url)
     if not found:
@@ -380,7 +385,6 @@ def s3_backup(
         ("status", 503, 2),
         ("cut", 0, 2),
         pytest.param("drop", 0, 1, marks=pytest.mark.slow),
-        pytest.param("hang", 0, 1, marks=pytest.mark.slow),
         ("lose_answer", 0, 2),
     ],
 )
@@ -393,7 +397,7 @@ def test_backup_part_faults_recovered(
     times: int,
 ) -> None:
     proxy, url = fault_proxy
-    proxy.fail("PUT", PART, status, times=times, action=action, delay=2.0)
+    proxy.fail("PUT", PART, status, times=times, action=action)
 
     result, stored = s3_backup(source, tmp_path, url)
 
@@ -446,3 +450,107 @@ def test_backup_lost_manifest_answer_publishes_once(
     else:
         assert_loud(result)
     assert len(snapshots(url)) <= 1
+
+
+# Hung part uploads: the proxy never answers, so only the object-store request
+# timeout (KVSNAP_STORAGE_TIMEOUT, 120 s by default) ends each request.
+
+
+def test_fault_proxy_hang_ends_on_close() -> None:
+    # No client timeout here: closing the proxy must end the hanging request.
+    with running_proxy(free_port()) as (proxy, endpoint):
+        proxy.fail("PUT", "/bucket/", action="hang")
+        port = int(endpoint.rsplit(":", 1)[1])
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        client.request("PUT", "/bucket/key", body=b"data")
+        deadline = time.monotonic() + 10
+        while not proxy.requests_to("PUT", "/bucket/") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proxy.open_connections() == 1
+        started = time.monotonic()
+    closed_after = time.monotonic() - started
+
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError)):
+        client.getresponse()
+    client.close()
+    assert closed_after < 2
+    assert proxy.open_connections() == 0
+
+
+def hung_requests(proxy: FaultProxy) -> Counter[str]:
+    """Count the hung part PUTs by path."""
+    return Counter(
+        request.path for request in proxy.requests_to("PUT", PART) if request.injected
+    )
+
+
+@pytest.mark.s3
+def test_backup_part_hang_once_recovered(
+    source: Source, tmp_path: Path, fault_proxy: tuple[FaultProxy, str]
+) -> None:
+    proxy, url = fault_proxy
+    proxy.fail("PUT", PART, times=1, action="hang")
+
+    started = time.monotonic()
+    result, stored = s3_backup(source, tmp_path, url, KVSNAP_STORAGE_TIMEOUT="3s")
+    elapsed = time.monotonic() - started
+
+    assert result.code == 0, result.stderr
+    assert stored == source.clean_records
+    assert sum(hung_requests(proxy).values()) == 1
+    # The hung request ended by the 3 s timeout, not the 120 s default.
+    assert 3 <= elapsed < 60, result.stderr
+
+
+@pytest.mark.s3
+def test_backup_part_hang_always_loud(
+    source: Source, tmp_path: Path, fault_proxy: tuple[FaultProxy, str]
+) -> None:
+    proxy, url = fault_proxy
+    proxy.fail("PUT", PART, action="hang")
+
+    started = time.monotonic()
+    result, stored = s3_backup(source, tmp_path, url, KVSNAP_STORAGE_TIMEOUT="1s")
+    elapsed = time.monotonic() - started
+
+    assert_loud(result)
+    assert result.code == 20
+    assert stored is None
+    assert "(timed out)" in result.stderr
+    # Each of kvsnap's attempts is one request plus obstore's retries.
+    tries = limits.STORAGE_MAX_ATTEMPTS * (limits.STORAGE_CLIENT_MAX_RETRIES + 1)
+    assert max(hung_requests(proxy).values()) == tries
+    assert elapsed < 60, result.stderr
+
+
+def env_with_storage_timeout(value: str) -> dict[str, str]:
+    env = {
+        name: text
+        for name, text in os.environ.items()
+        if not name.startswith(("KVSNAP_", "AWS_"))
+    }
+    env["KVSNAP_STORAGE_TIMEOUT"] = value
+    return env
+
+
+@pytest.mark.parametrize("value", ["soon", "0s", "500ms", "0.5s"])
+def test_storage_timeout_invalid_rejected(tmp_path: Path, value: str) -> None:
+    env = env_with_storage_timeout(value)
+
+    result = run_cli(["snapshots", "--repo", str(tmp_path / "repo")], env)
+
+    assert result.code == 10
+    assert f"invalid KVSNAP_STORAGE_TIMEOUT {value!r}" in result.stderr
+    assert "unset it for the default of 120s" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_config_show_lists_storage_timeout(tmp_path: Path) -> None:
+    env = env_with_storage_timeout("30s")
+
+    result = run_cli(["config", "show", "--json"], env, tmp_path)
+
+    assert result.code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["storage"]["variables"] == {"KVSNAP_STORAGE_TIMEOUT": "30s"}

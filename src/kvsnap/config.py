@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from kvsnap import limits
 from kvsnap.errors import ConfigError
 from kvsnap.logs import register_secret
-from kvsnap.policy import POLICY_TABLES
+from kvsnap.policy import POLICY_TABLES, parse_duration
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_CONFIG_NAME = "kvsnap.toml"
@@ -31,6 +32,7 @@ ENV_ACCOUNT = "CLOUDFLARE_ACCOUNT_ID"
 ENV_BASE_URL = "CLOUDFLARE_BASE_URL"
 ENV_REPOSITORY = "KVSNAP_REPOSITORY"
 ENV_CONFIG = "KVSNAP_CONFIG"
+ENV_STORAGE_TIMEOUT = "KVSNAP_STORAGE_TIMEOUT"
 
 # Cloudflare account ids are 32 hexadecimal characters.
 ACCOUNT_ID = re.compile(r"[0-9a-fA-F]{32}")
@@ -105,6 +107,40 @@ def parse_size(text: str | int) -> int:
             f"invalid size {text!r}: expected a number with B, KiB or MiB"
         )
     return int(match[1]) * _SIZE_UNITS[unit]
+
+
+def storage_request_timeout(env: Mapping[str, str]) -> float:
+    """Return the object-store request timeout in seconds from KVSNAP_STORAGE_TIMEOUT.
+
+    Without the variable, the default STORAGE_REQUEST_TIMEOUT_SECONDS applies.
+    A value that is not a duration of at least
+    STORAGE_MIN_REQUEST_TIMEOUT_SECONDS raises ConfigError.
+    """
+    text = env.get(ENV_STORAGE_TIMEOUT, "").strip()
+    if not text:
+        return limits.STORAGE_REQUEST_TIMEOUT_SECONDS
+    default_seconds = _seconds(limits.STORAGE_REQUEST_TIMEOUT_SECONDS)
+    default = f"unset it for the default of {default_seconds}"
+    try:
+        seconds = parse_duration(text, label=ENV_STORAGE_TIMEOUT).total_seconds()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"invalid {ENV_STORAGE_TIMEOUT} {text!r}: expected a duration such as"
+            " 30s or 2m",
+            hint=default,
+        ) from exc
+    minimum = limits.STORAGE_MIN_REQUEST_TIMEOUT_SECONDS
+    if seconds < minimum:
+        raise ConfigError(
+            f"invalid {ENV_STORAGE_TIMEOUT} {text!r}: the request timeout must be"
+            f" at least {_seconds(minimum)}",
+            hint=default,
+        )
+    return seconds
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

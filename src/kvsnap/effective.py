@@ -26,9 +26,11 @@ from kvsnap.config import (
     ENV_BASE_URL,
     ENV_CONFIG,
     ENV_REPOSITORY,
+    ENV_STORAGE_TIMEOUT,
     ENV_TOKEN,
     Settings,
     read_config_file,
+    storage_request_timeout,
 )
 from kvsnap.logs import MASK, mask, register_secret
 from kvsnap.policy import ENV_WEBHOOK, Policy, format_duration, format_target
@@ -51,6 +53,7 @@ STORAGE_VARIABLES = (
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
+    ENV_STORAGE_TIMEOUT,
 )
 
 
@@ -324,6 +327,7 @@ def _storage(repository: str | None, env: dict[str, str]) -> dict[str, Any]:
     """Describe the repository's store and the credential variables that are set."""
     for name in CREDENTIAL_VARIABLES:
         register_secret(env.get(name))
+    storage_request_timeout(env)  # raises ConfigError on a value that commands reject
     scheme = parse_location(repository).scheme if repository else None
     return {
         "scheme": scheme,

@@ -79,6 +79,9 @@ STORAGE_CLIENT_MAX_BACKOFF_SECONDS = 2.0
 STORAGE_CLIENT_RETRY_TIMEOUT_SECONDS = 30.0  # obstore default is 3 minutes
 STORAGE_CONNECT_TIMEOUT_SECONDS = 5.0  # obstore default
 STORAGE_REQUEST_TIMEOUT_SECONDS = 120.0  # one whole request; a 32 MiB part at ~0.3 MB/s
+# KVSNAP_STORAGE_TIMEOUT replaces the request timeout, but not with less than
+# this, because even a small request to a nearby store could time out sooner.
+STORAGE_MIN_REQUEST_TIMEOUT_SECONDS = 1.0
 STORAGE_CONCURRENCY = 16  # manifest reads and part checks in flight at once
 
 # Titles of the sandbox namespaces that `kvsnap drill` creates start with

@@ -10,6 +10,8 @@ Retry policy, two layers (numbers from `kvsnap.limits`):
 - obstore retries each request on 5xx responses, connection errors and
   timeouts, up to STORAGE_CLIENT_MAX_RETRIES times with exponential backoff
   from 100 ms to 2 s, and gives up after STORAGE_CLIENT_RETRY_TIMEOUT_SECONDS.
+  A request times out after STORAGE_REQUEST_TIMEOUT_SECONDS, or after the
+  duration in the variable KVSNAP_STORAGE_TIMEOUT.
 - `Storage` then retries the whole operation on the same transient errors,
   STORAGE_MAX_ATTEMPTS tries in all, sleeping 1 s then 2 s (doubling, at most
   STORAGE_BACKOFF_MAX_SECONDS, with jitter) and logging each retry.
@@ -44,6 +46,7 @@ import obstore.exceptions
 from obstore.store import LocalStore, S3Store
 
 from kvsnap import limits
+from kvsnap.config import ENV_STORAGE_TIMEOUT, storage_request_timeout
 from kvsnap.errors import (
     ConfigError,
     KvsnapError,
@@ -78,6 +81,9 @@ _TRANSIENT_TEXT_RE = re.compile(
     re.IGNORECASE,
 )
 _S3_ERROR_CODE_RE = re.compile(r"<Code>([^<]{1,100})</Code>")
+# obstore 0.12 reports a request timeout as "HTTP error: error sending
+# request", and only the debug dump after the first line names the kind.
+_TIMEOUT_KIND_RE = re.compile(r"kind: Timeout\b")
 # A URL scheme (RFC 3986) of two or more characters and a colon, as in the
 # typo "s3:bucket". One letter is left out so that "C:" never matches.
 _SCHEME_WITHOUT_SLASHES_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
@@ -363,15 +369,21 @@ class Storage:
         retry: RetryPolicy | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Storage:
-        """Open the storage at `url`; no request is made until the first operation."""
+        """Open the storage at `url`; no request is made until the first operation.
+
+        Without `retry`, the request timeout comes from KVSNAP_STORAGE_TIMEOUT
+        in `environ`, which defaults to the process environment. An invalid
+        value raises ConfigError, even for a local folder.
+        """
         location = parse_location(url)
-        retry = retry or RetryPolicy()
+        environ = os.environ if environ is None else environ
+        if retry is None:
+            retry = RetryPolicy(request_timeout=storage_request_timeout(environ))
         if location.scheme == "file":
             assert location.path is not None
             _check_local_root(location.path)
             return cls(location, None, retry)
 
-        environ = os.environ if environ is None else environ
         settings = s3_settings(location, environ, account_id)
         try:
             store = S3Store(
@@ -623,6 +635,13 @@ class Storage:
                 f"{operation} {target} was denied: {detail}",
                 hint="check that the access keys may read and write the bucket",
             )
+        if _TIMEOUT_KIND_RE.search(str(exc)):
+            return RepositoryError(
+                f"{operation} {target} failed: {detail}",
+                hint=f"each request may take {self.retry.request_timeout:g} s. If"
+                f" the store is slow rather than down, set {ENV_STORAGE_TIMEOUT}"
+                " to a longer duration such as 5m",
+            )
         return RepositoryError(f"{operation} {target} failed: {detail}")
 
 
@@ -670,4 +689,6 @@ def _summarize(exc: BaseException) -> str:
     code = _S3_ERROR_CODE_RE.search(text)
     if code and code.group(1) not in summary:
         summary += f" ({code.group(1)})"
+    elif _TIMEOUT_KIND_RE.search(text):
+        summary += " (timed out)"
     return mask(summary or type(exc).__name__)
