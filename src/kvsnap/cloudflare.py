@@ -32,7 +32,7 @@ import httpx
 import msgspec
 
 from kvsnap import limits
-from kvsnap.batching import iter_key_chunks, record_item
+from kvsnap.batching import encode_items, iter_key_chunks, record_item
 from kvsnap.errors import (
     ApiError,
     AuthError,
@@ -152,6 +152,16 @@ class _Rejected(Exception):
     def __init__(self, message: str, codes: list[int]) -> None:
         super().__init__(message)
         self.codes = codes
+
+
+class _Answer:
+    """A response body already read, offered as the SDK's raw responses are."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    async def read(self) -> bytes:
+        return self._content
 
 
 @dataclass
@@ -761,17 +771,31 @@ class KvClient:
         by_key = {record.key: record for record in records}  # the last one wins
 
         async def send(keys: list[str]) -> list[str]:
-            items = [record_item(by_key[key]) for key in keys]
+            # Bytes go out as they are; see kvsnap.batching.encode_items.
+            body: Any = encode_items([record_item(by_key[key]) for key in keys])
             return await self._bulk_request(
                 namespace_id,
-                f"bulk write of {len(items)} pairs to namespace {namespace_id}",
-                lambda: self._sdk.kv.namespaces.with_raw_response.bulk_update(
-                    namespace_id, account_id=self.account_id, body=items
-                ),
+                f"bulk write of {len(keys)} pairs to namespace {namespace_id}",
+                lambda: self._put_bulk(namespace_id, body),
                 keys,
             )
 
         await self._until_keys_succeed("bulk write", namespace_id, list(by_key), send)
+
+    async def _put_bulk(self, namespace_id: str, body: bytes) -> _Answer:
+        """Send an encoded bulk-write body as it is.
+
+        The SDK's bulk_update takes items and encodes them itself, so the
+        request goes through its generic PUT with the bytes as content. The
+        route, headers, retries (off) and errors are the SDK's own.
+        """
+        response = await self._sdk.put(
+            f"/accounts/{self.account_id}/storage/kv/namespaces/{namespace_id}/bulk",
+            cast_to=httpx.Response,
+            content=body,
+            options={"headers": {"Content-Type": "application/json"}},
+        )
+        return _Answer(response.content)
 
     async def bulk_delete(self, namespace_id: str, keys: Iterable[str]) -> None:
         """Delete keys with bulk deletes of at most 10,000 keys each.

@@ -14,11 +14,13 @@ overwritten. Parts of a run that never committed are orphans.
 from __future__ import annotations
 
 import asyncio
+import binascii
+import contextlib
 import logging
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +31,7 @@ from kvsnap import __version__
 from kvsnap.errors import (
     ConfigError,
     CorruptPart,
+    KvsnapError,
     ObjectExists,
     ObjectNotFound,
     RepositoryError,
@@ -46,10 +49,11 @@ from kvsnap.format import (
     decode_manifest,
     decode_repository_config,
     encode_json,
-    iter_part_records,
+    iter_part_blocks,
     key_order,
     sha256_hex,
 )
+from kvsnap.heap import release_free_heap
 from kvsnap.limits import STORAGE_CONCURRENCY
 from kvsnap.storage import RetryPolicy, Storage, check_object_path
 
@@ -172,42 +176,99 @@ def decode_part(
     byte order (starting after `previous_key`, the last key of the previous
     part), and the record count and first and last keys. Raises CorruptPart
     naming the part and the first problem found. Size and sha256 are checked
-    by `Repository.read_part`.
+    by `Repository.read_part`. `check_part` does the same checks without
+    keeping the records.
     """
-    records: list[Record] = []
-    last = key_order(previous_key) if previous_key is not None else None
-    try:
-        for record in iter_part_records(data):
-            current = key_order(record.key)
-            if last is not None and current <= last:
-                previous = "the previous key" if records else "the previous part's key"
+    return [
+        record
+        for block in iter_checked_blocks(part, data, previous_key)
+        for record in block
+    ]
+
+
+@dataclass(frozen=True)
+class PartTotals:
+    """Record count and value bytes of a part that passed `check_part`."""
+
+    records: int
+    value_bytes: int
+
+
+def check_part(
+    part: PartInfo, data: bytes, previous_key: str | None = None
+) -> PartTotals:
+    """Check a part as `decode_part` does, keeping one block of records at a time.
+
+    Raises CorruptPart, and also when a base64 value is not valid base64.
+    """
+    records = value_bytes = 0
+    for block in iter_checked_blocks(part, data, previous_key):
+        for record in block:
+            records += 1
+            try:
+                value_bytes += record.value_size()
+            except (binascii.Error, ValueError) as exc:
                 raise CorruptPart(
                     part.path,
-                    f"record {len(records) + 1} key {record.key!r} does not sort"
-                    f" after {previous} {last.decode('utf-8', 'replace')!r}",
-                )
-            records.append(record)
-            last = current
+                    f"record {records} key {record.key!r} has an invalid value: {exc}",
+                ) from exc
+    return PartTotals(records, value_bytes)
+
+
+def _check_order_and_count(
+    part: PartInfo, data: bytes, previous_key: str | None
+) -> None:
+    """Run every check of `decode_part` and keep no records."""
+    for _block in iter_checked_blocks(part, data, previous_key):
+        pass
+
+
+def iter_checked_blocks(
+    part: PartInfo, data: bytes, previous_key: str | None = None
+) -> Iterator[list[Record]]:
+    """Yield a part's records in blocks, checking them as `decode_part` does.
+
+    The count and the last key can only be checked at the end, so a
+    CorruptPart may come after some blocks were yielded. Callers that must
+    not act on a bad part check it whole first (`check_part`).
+    """
+    count = 0
+    first: str | None = None
+    # Python orders str by code point, which is the UTF-8 byte order.
+    last = previous_key
+    try:
+        for block in iter_part_blocks(data):
+            for record in block:
+                key = record.key
+                if last is not None and key <= last:
+                    previous = (
+                        "the previous key" if count else "the previous part's key"
+                    )
+                    raise CorruptPart(
+                        part.path,
+                        f"record {count + 1} key {key!r} does not sort"
+                        f" after {previous} {last!r}",
+                    )
+                if count == 0:
+                    first = key
+                count += 1
+                last = key
+            yield block
     except zstandard.ZstdError as exc:
         raise CorruptPart(part.path, f"invalid zstd data: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise CorruptPart(
-            part.path, f"record {len(records) + 1} is not a valid record: {exc}"
+            part.path, f"record {count + 1} is not a valid record: {exc}"
         ) from exc
 
-    if len(records) != part.records:
-        raise CorruptPart(part.path, f"{len(records)} records, expected {part.records}")
-    if records and records[0].key != part.first_key:
+    if count != part.records:
+        raise CorruptPart(part.path, f"{count} records, expected {part.records}")
+    if count and first != part.first_key:
         raise CorruptPart(
-            part.path,
-            f"first key {records[0].key!r}, expected {part.first_key!r}",
+            part.path, f"first key {first!r}, expected {part.first_key!r}"
         )
-    if records and records[-1].key != part.last_key:
-        raise CorruptPart(
-            part.path,
-            f"last key {records[-1].key!r}, expected {part.last_key!r}",
-        )
-    return records
+    if count and last != part.last_key:
+        raise CorruptPart(part.path, f"last key {last!r}, expected {part.last_key!r}")
 
 
 class Repository:
@@ -507,20 +568,36 @@ class Repository:
         """Yield the snapshot's records in key order, one part at a time.
 
         Each part is fetched, checked (size, sha256, every record, count, first
-        and last key, key order within and across parts) and decoded before
-        any of its records is yielded, so memory keeps one part at a time. Raises
-        CorruptPart for the first bad part; records of earlier parts have been
-        yielded by then.
+        and last key, key order within and across parts) and only then decoded
+        again to yield its records, so no record of a bad part is yielded. The
+        next part is fetched while this one is checked, so memory holds two
+        stored parts and one block of records. Raises CorruptPart for the first
+        bad part; records of earlier parts have been yielded by then.
         """
         previous_key: str | None = None
-        for part in manifest.parts:
-            data = await self.read_part(part)
-            records = decode_part(part, data, previous_key)
-            del data
-            if records:
-                previous_key = records[-1].key
-            for record in records:
-                yield record
+        parts = manifest.parts
+        fetch = asyncio.create_task(self.read_part(parts[0])) if parts else None
+        try:
+            for index, part in enumerate(parts):
+                assert fetch is not None
+                data = await fetch
+                fetch = None
+                if index + 1 < len(parts):
+                    fetch = asyncio.create_task(self.read_part(parts[index + 1]))
+                await asyncio.to_thread(
+                    _check_order_and_count, part, data, previous_key
+                )
+                for block in iter_checked_blocks(part, data, previous_key):
+                    for record in block:
+                        yield record
+                del data
+                release_free_heap()
+                previous_key = part.last_key
+        finally:
+            if fetch is not None:
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KvsnapError):
+                    await fetch
 
     async def _manifest_entries(self) -> list[ManifestEntry]:
         entries = []

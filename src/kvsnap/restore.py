@@ -54,9 +54,14 @@ from kvsnap.errors import (
     VerifyError,
 )
 from kvsnap.format import Manifest, PartBuilder, Record, decode_record, encode_record
+from kvsnap.heap import release_free_heap
 from kvsnap.progress import Reporter
 from kvsnap.readback import Mismatch, read_back
-from kvsnap.repository import PRE_RESTORE_TAG, Repository, parse_timestamp
+from kvsnap.repository import (
+    PRE_RESTORE_TAG,
+    Repository,
+    parse_timestamp,
+)
 from kvsnap.verify import verify_snapshot
 
 log = logging.getLogger(__name__)
@@ -378,6 +383,7 @@ async def make_plan(
             if action in ("overwrite", "delete"):
                 prior.write(encode_record(current))  # type: ignore[arg-type]
     plan.seconds = time.monotonic() - started
+    release_free_heap()
     return plan
 
 
@@ -557,6 +563,8 @@ async def _write_and_delete(
             )
             for record in batch.records:
                 out.write(encode_record(record))
+            del batch
+            release_free_heap()
     reporter.finish()
     deletes = (record.key for record in _read_spool(plan.deletes_path))
     for chunk in iter_key_chunks(deletes):

@@ -9,19 +9,27 @@ order within and across parts, and the manifest's key and value byte totals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
 import msgspec
 
-from kvsnap.errors import CorruptPart, RepositoryError, SnapshotNotFound, VerifyError
+from kvsnap.errors import (
+    CorruptPart,
+    KvsnapError,
+    RepositoryError,
+    SnapshotNotFound,
+    VerifyError,
+)
 from kvsnap.format import Manifest, PartInfo
+from kvsnap.heap import release_free_heap
 from kvsnap.limits import STORAGE_CONCURRENCY
 from kvsnap.repository import (
     LATEST,
     Repository,
     UnreadableManifest,
-    decode_part,
+    check_part,
     manifest_path_of,
 )
 from kvsnap.state import record_verify
@@ -192,22 +200,46 @@ class _PartScan:
 
 
 async def _read_parts(repo: Repository, manifest: Manifest) -> _PartScan:
-    """Download and decode every part, one at a time."""
+    """Download and check every part, fetching the next while one is checked.
+
+    Memory holds two stored parts and one block of decoded records. The
+    check runs in a worker thread, which leaves the event loop free to
+    finish the next download.
+    """
     scan = _PartScan([])
     previous_key: str | None = None
-    for part in manifest.parts:
-        try:
-            data = await repo.read_part(part)
-            scan.bytes_read += len(data)
-            records = decode_part(part, data, previous_key)
-        except CorruptPart as exc:
-            scan.problems.append(Problem(part.path, exc.problem))
-        else:
-            scan.records += len(records)
-            scan.value_bytes += sum(len(record.value_bytes()) for record in records)
-        # The manifest's last key replaces the one of a part that could not be read.
-        previous_key = part.last_key
+    parts = manifest.parts
+    fetch = _start_read(repo, parts[0]) if parts else None
+    try:
+        for index, part in enumerate(parts):
+            assert fetch is not None
+            reading, fetch = fetch, None
+            if index + 1 < len(parts):
+                fetch = _start_read(repo, parts[index + 1])
+            try:
+                data = await reading
+                scan.bytes_read += len(data)
+                totals = await asyncio.to_thread(check_part, part, data, previous_key)
+            except CorruptPart as exc:
+                scan.problems.append(Problem(part.path, exc.problem))
+            else:
+                scan.records += totals.records
+                scan.value_bytes += totals.value_bytes
+            data = b""  # not kept while the next part downloads
+            release_free_heap()
+            # The manifest's last key replaces the one of a part that could
+            # not be read.
+            previous_key = part.last_key
+    finally:
+        if fetch is not None:
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KvsnapError):
+                await fetch
     return scan
+
+
+def _start_read(repo: Repository, part: PartInfo) -> asyncio.Task[bytes]:
+    return asyncio.create_task(repo.read_part(part))
 
 
 async def verify_repository(

@@ -38,6 +38,7 @@ from kvsnap.errors import (
     EXIT_INTERRUPTED,
     KvsnapError,
 )
+from kvsnap.heap import limit_arenas
 from kvsnap.logs import configure_logging, mask
 
 _debug = False
@@ -90,6 +91,7 @@ def run() -> None:
     """Run the CLI and map every outcome to its exit code."""
     log = logging.getLogger("kvsnap")
     signal.signal(signal.SIGTERM, _terminate)
+    limit_arenas()
     try:
         result = app(standalone_mode=False)
     except typer.Exit as exc:
