@@ -15,9 +15,10 @@ Each cycle then:
 1. changes a few keys of the source namespace (adds, overwrites, metadata
    and expiration changes, deletes), drawn from --seed;
 2. reads the source namespace and runs `kvsnap backup` into a local folder
-   repository, in parts of 64 KiB so that each backup uploads many. The script writes nothing while the backup runs, so a
-   successful backup must publish exactly one snapshot whose records equal
-   the source namespace. A failed backup must publish none;
+   repository, in parts of 64 KiB so that each backup uploads many. The
+   script writes nothing while the backup runs, so a successful backup must
+   publish exactly one snapshot whose records equal the source namespace.
+   A failed backup must publish none;
 3. runs `kvsnap verify SNAPSHOT --read-data`. Verify reads only the local
    repository, where no faults are injected, so it must pass;
 4. runs `kvsnap restore SNAPSHOT --to NEW --create --yes` and reads the new

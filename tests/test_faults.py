@@ -517,6 +517,7 @@ def test_backup_part_hang_always_loud(
     assert result.code == 20
     assert stored is None
     assert "(timed out)" in result.stderr
+    assert "hint: each request may take 1 s" in result.stderr
     # Each of kvsnap's attempts is one request plus obstore's retries.
     tries = limits.STORAGE_MAX_ATTEMPTS * (limits.STORAGE_CLIENT_MAX_RETRIES + 1)
     assert max(hung_requests(proxy).values()) == tries

@@ -142,6 +142,8 @@ async def run_backup(
                 exc.message,
                 extra={"namespace": namespace.id, "error": type(exc).__name__},
             )
+            if exc.hint:
+                log.error("hint: %s", exc.hint, extra={"namespace": namespace.id})
         else:
             outcome = NamespaceBackup(
                 namespace.id,
