@@ -26,7 +26,6 @@ interface besides ``lo``, exactly as tests/wrangler_sandbox.py does.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 from kvsnap.emulator import EmulatorServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.wrangler_sandbox import wrangler_environment
+from tests.wrangler_sandbox import enter_loopback_only, wrangler_environment
 
 # The API's maximum number of keys in one bulk get.
 BULK_GET_KEYS = 100
@@ -121,15 +120,8 @@ def back_up(plan: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 def main(plan_path: str, result_path: str) -> int:
-    interfaces = sorted(name for _, name in socket.if_nameindex())
-    if interfaces != ["lo"]:
-        print(
-            f"refusing to run wrangler: network interfaces {interfaces}, expected "
-            "only lo; run this script under `unshare -n`",
-            file=sys.stderr,
-        )
+    if not enter_loopback_only():
         return 2
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
     plan = json.loads(Path(plan_path).read_text())
     workdir = Path(plan["workdir"])

@@ -93,7 +93,12 @@ def run_command(
     }
 
 
-def main(plan_path: str, result_path: str) -> int:
+def enter_loopback_only() -> bool:
+    """Bring up lo if it is the only network interface, else say why not.
+
+    Returns False, after a message on stderr, when the process sees any
+    other interface: wrangler must not reach beyond this machine.
+    """
     interfaces = sorted(name for _, name in socket.if_nameindex())
     if interfaces != ["lo"]:
         print(
@@ -101,8 +106,14 @@ def main(plan_path: str, result_path: str) -> int:
             "only lo; run this script under `unshare -n`",
             file=sys.stderr,
         )
-        return 2
+        return False
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    return True
+
+
+def main(plan_path: str, result_path: str) -> int:
+    if not enter_loopback_only():
+        return 2
 
     plan = json.loads(Path(plan_path).read_text())
     workdir = Path(plan["workdir"])

@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -575,29 +575,45 @@ class Repository:
         bad part; records of earlier parts have been yielded by then.
         """
         previous_key: str | None = None
-        parts = manifest.parts
-        fetch = asyncio.create_task(self.read_part(parts[0])) if parts else None
+        async for part, reading in self.prefetch_parts(manifest.parts):
+            data = await reading
+            await asyncio.to_thread(_check_order_and_count, part, data, previous_key)
+            for block in iter_checked_blocks(part, data, previous_key):
+                for record in block:
+                    yield record
+            del data
+            release_free_heap()
+            previous_key = part.last_key
+
+    async def prefetch_parts(
+        self, parts: Sequence[PartInfo]
+    ) -> AsyncIterator[tuple[PartInfo, asyncio.Task[bytes]]]:
+        """Yield each part with the task that reads it (`read_part`).
+
+        The next part's read starts as a part is yielded, so a download runs
+        while the caller checks the part before it; memory then holds two
+        stored parts. Reads still running when the caller stops are
+        cancelled.
+        """
+        upcoming = asyncio.create_task(self.read_part(parts[0])) if parts else None
+        current: asyncio.Task[bytes] | None = None
         try:
             for index, part in enumerate(parts):
-                assert fetch is not None
-                data = await fetch
-                fetch = None
+                assert upcoming is not None
+                current, upcoming = upcoming, None
                 if index + 1 < len(parts):
-                    fetch = asyncio.create_task(self.read_part(parts[index + 1]))
-                await asyncio.to_thread(
-                    _check_order_and_count, part, data, previous_key
-                )
-                for block in iter_checked_blocks(part, data, previous_key):
-                    for record in block:
-                        yield record
-                del data
-                release_free_heap()
-                previous_key = part.last_key
+                    upcoming = asyncio.create_task(self.read_part(parts[index + 1]))
+                yield part, current
         finally:
-            if fetch is not None:
-                fetch.cancel()
-                with contextlib.suppress(asyncio.CancelledError, KvsnapError):
-                    await fetch
+            for task in (current, upcoming):
+                if task is None:
+                    continue
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, KvsnapError):
+                        await task
+                elif not task.cancelled():
+                    task.exception()  # seen by the caller, or not needed any more
 
     async def _manifest_entries(self) -> list[ManifestEntry]:
         entries = []

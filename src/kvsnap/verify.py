@@ -9,7 +9,6 @@ order within and across parts, and the manifest's key and value byte totals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +16,6 @@ import msgspec
 
 from kvsnap.errors import (
     CorruptPart,
-    KvsnapError,
     RepositoryError,
     SnapshotNotFound,
     VerifyError,
@@ -208,38 +206,22 @@ async def _read_parts(repo: Repository, manifest: Manifest) -> _PartScan:
     """
     scan = _PartScan([])
     previous_key: str | None = None
-    parts = manifest.parts
-    fetch = _start_read(repo, parts[0]) if parts else None
-    try:
-        for index, part in enumerate(parts):
-            assert fetch is not None
-            reading, fetch = fetch, None
-            if index + 1 < len(parts):
-                fetch = _start_read(repo, parts[index + 1])
-            try:
-                data = await reading
-                scan.bytes_read += len(data)
-                totals = await asyncio.to_thread(check_part, part, data, previous_key)
-            except CorruptPart as exc:
-                scan.problems.append(Problem(part.path, exc.problem))
-            else:
-                scan.records += totals.records
-                scan.value_bytes += totals.value_bytes
-            data = b""  # not kept while the next part downloads
-            release_free_heap()
-            # The manifest's last key replaces the one of a part that could
-            # not be read.
-            previous_key = part.last_key
-    finally:
-        if fetch is not None:
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, KvsnapError):
-                await fetch
+    async for part, reading in repo.prefetch_parts(manifest.parts):
+        try:
+            data = await reading
+            scan.bytes_read += len(data)
+            totals = await asyncio.to_thread(check_part, part, data, previous_key)
+        except CorruptPart as exc:
+            scan.problems.append(Problem(part.path, exc.problem))
+        else:
+            scan.records += totals.records
+            scan.value_bytes += totals.value_bytes
+        data = b""  # not kept while the next part downloads
+        release_free_heap()
+        # The manifest's last key replaces the one of a part that could not
+        # be read.
+        previous_key = part.last_key
     return scan
-
-
-def _start_read(repo: Repository, part: PartInfo) -> asyncio.Task[bytes]:
-    return asyncio.create_task(repo.read_part(part))
 
 
 async def verify_repository(
