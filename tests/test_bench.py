@@ -182,6 +182,7 @@ def test_outputs_page_and_plot(quick_run: dict[str, Any]) -> None:
     assert page.startswith("# Benchmarks\n")
     assert quick_run["results"]["command"] in page
     assert "![Backup wall time against N" in page
+    assert "**Smoke run (--quick).**" in page
     for row in quick_run["results"]["rows"]:
         assert f"| {row['id']} |" in page
 

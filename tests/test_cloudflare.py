@@ -200,3 +200,15 @@ def test_create_without_retry_never_takes_a_taken_title(
 
     with pytest.raises(ApiError, match="code 10014"):
         create(emulator, "copy")
+
+
+def test_create_that_keeps_failing_says_it_may_have_created(
+    emulator: EmulatorServer,
+) -> None:
+    lost = Fault(pass_through=True, truncate=True)
+    emulator.inject("POST namespaces", [lost, Fault(status=503), Fault(status=503)])
+
+    with pytest.raises(ApiError, match="failed after 3 attempts") as caught:
+        create(emulator, "copy")
+
+    assert "may have created the namespace 'copy'" in (caught.value.hint or "")

@@ -391,9 +391,17 @@ class KvClient:
 
         try:
             body = await self._read_json(operation, send, _NamespaceEnvelope)
+        except ApiError as exc:
+            # Every try failed, but one whose answer was lost may have created it.
+            exc.hint = _maybe_created_hint(title)
+            raise
         except _Rejected as exc:
             if attempts > 1 and CODE_DUPLICATE_TITLE in exc.codes:
-                adopted = await self._adopt_created(title)
+                try:
+                    adopted = await self._adopt_created(title)
+                except ApiError as lookup:
+                    lookup.hint = _maybe_created_hint(title)
+                    raise
                 if adopted is not None:
                     return adopted
             raise ApiError(
@@ -905,6 +913,14 @@ class KvClient:
 
         body = await self._read_key("read metadata", namespace_id, key, request)
         return body.result if body is not None else None
+
+
+def _maybe_created_hint(title: str) -> str:
+    return (
+        f"an attempt whose answer was lost may have created the namespace "
+        f"{title!r}; if it exists and is empty, restore into it with --to "
+        f"{title!r} and without --create, or delete it"
+    )
 
 
 def _metadata_or_none(metadata: Any) -> Any:
