@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kvsnap import limits
+from kvsnap import limits, spool
 from kvsnap.batching import (
     BatchCounts,
     NearExpiry,
@@ -615,5 +615,9 @@ async def validate(repo: Repository, manifest: Manifest) -> None:
 
 
 def new_plan_folder() -> tempfile.TemporaryDirectory[str]:
-    """Return a private temporary folder for a plan's spool files."""
-    return tempfile.TemporaryDirectory(prefix="kvsnap-restore-")
+    """Return a private temporary folder for a plan's spool files.
+
+    Folders that killed restores left behind are removed first (see
+    `kvsnap.spool`).
+    """
+    return spool.new_folder()
