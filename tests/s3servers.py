@@ -9,7 +9,7 @@
   error status, or closes the connection: before reading the whole upload
   (``cut``), after reading it (``drop``) or after forwarding it, so the
   object is stored but the answer is lost (``lose_answer``). ``hang`` reads
-  the request and never answers, until the client gives up and closes the
+  the request and never responds, until the client gives up and closes the
   connection or the proxy is closed. ``delay`` forwards the request after a
   wait, to slow a run down. Every other request is forwarded unchanged, Host
   header included, so signatures stay valid. When the server behind the
@@ -307,7 +307,7 @@ class FaultRule:
 
 @dataclass
 class ProxiedRequest:
-    """A request the proxy handled; `status` is 0 when no answer was sent."""
+    """A request the proxy handled; `status` is 0 when no response was sent."""
 
     method: str
     path: str

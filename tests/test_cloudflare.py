@@ -202,7 +202,7 @@ def test_create_without_retry_never_takes_a_taken_title(
         create(emulator, "copy")
 
 
-def test_create_that_keeps_failing_says_it_may_have_created(
+def test_create_failing_hints_possible_namespace(
     emulator: EmulatorServer,
 ) -> None:
     lost = Fault(pass_through=True, truncate=True)

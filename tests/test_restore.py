@@ -548,7 +548,7 @@ def test_restore_create_survives_a_lost_create_answer(
     entries = [SeedEntry(f"k{i}", f"v{i}".encode()) for i in range(30)]
     create_namespace(emulator, "orders", entries)
     assert restore_backup(emulator, repo, "orders").code == 0
-    # The namespace is created, then the answer is cut off: the client retries.
+    # The namespace is created, then the response is cut off, so the client retries.
     lost = Fault(pass_through=True, truncate=True)
     emulator.inject("POST namespaces", [lost])
 
@@ -564,7 +564,7 @@ def test_restore_create_survives_a_lost_create_answer(
     )
 
     assert result.code == 0, result.stderr
-    assert "first attempt created" in result.stderr
+    assert "earlier attempt created" in result.stderr
     report = json.loads(result.stdout)
     assert namespace_titles(emulator)["orders-copy"] == [report["namespace_id"]]
     assert report["written"] == 30

@@ -49,7 +49,7 @@ def test_removes_old_folders_of_ended_processes(tmp_path: Path) -> None:
         assert kept.exists(), kept.name
 
 
-def test_a_recently_written_file_keeps_its_folder(tmp_path: Path) -> None:
+def test_spool_recent_file_keeps_folder(tmp_path: Path) -> None:
     folder = make_folder(tmp_path, f"kvsnap-restore-{dead_pid()}-gh78", 2 * HOUR)
     # A restore in another PID namespace still appends to its spool file.
     (folder / "writes.jsonl").touch()

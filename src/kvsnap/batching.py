@@ -175,7 +175,7 @@ def encode_items(items: Any) -> bytes:
 
     msgspec writes compact JSON with non-ASCII characters kept as UTF-8 and
     control characters, quotes and backslashes escaped, straight into one
-    bytes object. The SDK's own encoder (``json.dumps``, then UTF-8) holds a
+    bytes object. The SDK's own encoder (``json.dumps``, then UTF-8) keeps a
     str and the bytes at once, which at 100 MB bodies cost a restore
     several times the body in memory.
     """

@@ -154,8 +154,8 @@ class _Rejected(Exception):
         self.codes = codes
 
 
-class _Answer:
-    """A response body already read, offered as the SDK's raw responses are."""
+class _ReadResponse:
+    """A response body already read, with the `read()` of the SDK's raw responses."""
 
     def __init__(self, content: bytes) -> None:
         self._content = content
@@ -373,10 +373,10 @@ class KvClient:
 
         Creation is not idempotent: Cloudflare rejects a title the account
         already uses (code 10014). When an attempt failed in a way that may
-        have reached the API (a lost or cut answer, a 5xx) and the retry is
+        have reached the API (a lost or cut response, a 5xx) and the retry is
         then rejected for its title, the earlier attempt most likely created
-        the namespace. If a namespace of that title exists and holds no key,
-        it is taken as this call's own; otherwise ApiError is raised.
+        the namespace. If a namespace of that title exists and contains no
+        key, it is returned as this call's own; otherwise ApiError is raised.
         """
         operation = f"create namespace {title!r}"
         attempts = 0
@@ -392,7 +392,8 @@ class KvClient:
         try:
             body = await self._read_json(operation, send, _NamespaceEnvelope)
         except ApiError as exc:
-            # Every try failed, but one whose answer was lost may have created it.
+            # Every attempt failed, but one whose response was lost may have
+            # created the namespace.
             exc.hint = _maybe_created_hint(title)
             raise
         except _Rejected as exc:
@@ -421,9 +422,9 @@ class KvClient:
             if page:
                 return None
         log.warning(
-            "the answer to creating namespace %r was lost and the retry found "
-            "the title taken; using the empty namespace %s that the first "
-            "attempt created",
+            "the response to creating namespace %r was lost and the retry "
+            "found the title in use; using the empty namespace %s that an "
+            "earlier attempt created",
             title,
             namespace.id,
         )
@@ -714,7 +715,7 @@ class KvClient:
         differ, the key was written in between and the value may be older
         than the metadata: both are read again, up to RAW_READ_ROUNDS times.
         A key that is still changing then keeps its last value with the
-        metadata read after it, and a warning says so.
+        metadata read after it, and a warning is logged.
         """
 
         async def one(info: KeyInfo) -> Record | None:
@@ -790,7 +791,7 @@ class KvClient:
 
         await self._until_keys_succeed("bulk write", namespace_id, list(by_key), send)
 
-    async def _put_bulk(self, namespace_id: str, body: bytes) -> _Answer:
+    async def _put_bulk(self, namespace_id: str, body: bytes) -> _ReadResponse:
         """Send an encoded bulk-write body as it is.
 
         The SDK's bulk_update takes items and encodes them itself, so the
@@ -803,7 +804,7 @@ class KvClient:
             content=body,
             options={"headers": {"Content-Type": "application/json"}},
         )
-        return _Answer(response.content)
+        return _ReadResponse(response.content)
 
     async def bulk_delete(self, namespace_id: str, keys: Iterable[str]) -> None:
         """Delete keys with bulk deletes of at most 10,000 keys each.
@@ -917,7 +918,7 @@ class KvClient:
 
 def _maybe_created_hint(title: str) -> str:
     return (
-        f"an attempt whose answer was lost may have created the namespace "
+        f"an attempt whose response was lost may have created the namespace "
         f"{title!r}; if it exists and is empty, restore into it with --to "
         f"{title!r} and without --create, or delete it"
     )

@@ -229,9 +229,9 @@ def iter_part_records(data: bytes) -> Iterator[Record]:
 def iter_part_blocks(data: bytes) -> Iterator[list[Record]]:
     """Decompress a stored part and yield its records in order, in blocks.
 
-    Raises as `iter_part_records` does. Each block holds the complete lines
-    of about one decompressed chunk, decoded in one call, so memory holds
-    a block at a time rather than the whole part. The next chunk is
+    Raises as `iter_part_records` does. Each block contains the complete
+    lines of about one decompressed chunk, decoded in one call, so memory
+    keeps one block at a time rather than the whole part. The next chunk is
     decompressed in a worker thread while the caller handles this block
     (zstd releases the GIL).
     """

@@ -215,14 +215,6 @@ def check_part(
     return PartTotals(records, value_bytes)
 
 
-def _check_order_and_count(
-    part: PartInfo, data: bytes, previous_key: str | None
-) -> None:
-    """Run every check of `decode_part` and keep no records."""
-    for _block in iter_checked_blocks(part, data, previous_key):
-        pass
-
-
 def iter_checked_blocks(
     part: PartInfo, data: bytes, previous_key: str | None = None
 ) -> Iterator[list[Record]]:
@@ -570,14 +562,14 @@ class Repository:
         Each part is fetched, checked (size, sha256, every record, count, first
         and last key, key order within and across parts) and only then decoded
         again to yield its records, so no record of a bad part is yielded. The
-        next part is fetched while this one is checked, so memory holds two
+        next part is fetched while this one is checked, so memory contains two
         stored parts and one block of records. Raises CorruptPart for the first
         bad part; records of earlier parts have been yielded by then.
         """
         previous_key: str | None = None
         async for part, reading in self.prefetch_parts(manifest.parts):
             data = await reading
-            await asyncio.to_thread(_check_order_and_count, part, data, previous_key)
+            await asyncio.to_thread(check_part, part, data, previous_key)
             for block in iter_checked_blocks(part, data, previous_key):
                 for record in block:
                     yield record
@@ -591,8 +583,8 @@ class Repository:
         """Yield each part with the task that reads it (`read_part`).
 
         The next part's read starts as a part is yielded, so a download runs
-        while the caller checks the part before it; memory then holds two
-        stored parts. Reads still running when the caller stops are
+        while the caller checks the part before it, and memory then contains
+        two stored parts. Reads still running when the caller stops are
         cancelled.
         """
         upcoming = asyncio.create_task(self.read_part(parts[0])) if parts else None
