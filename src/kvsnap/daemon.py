@@ -48,6 +48,7 @@ from kvsnap.policy import Policy
 from kvsnap.repository import Repository, format_timestamp
 from kvsnap.runner import RunResult, new_run_id, run_policy
 from kvsnap.status import collect_status
+from kvsnap.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,9 @@ class Daemon:
         await asyncio.wait({task, stop}, timeout=timeout, return_when="FIRST_COMPLETED")
         stop.cancel()
         if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            error = await cancel_and_wait(task)
+            if error is not None:
+                raise error
 
     # -- running --------------------------------------------------------
 

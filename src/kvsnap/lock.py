@@ -49,6 +49,7 @@ import msgspec
 from kvsnap.errors import ObjectNotFound, RepositoryError, RepositoryLocked
 from kvsnap.format import encode_json
 from kvsnap.repository import Repository, format_timestamp, parse_timestamp
+from kvsnap.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,10 @@ class RepositoryLock:
 
     async def release(self) -> None:
         if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+            error = await cancel_and_wait(self._refresher)
             self._refresher = None
+            if error is not None:
+                raise error
         await self.repo.storage.delete(self.path)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import logging
 import re
 import secrets
@@ -56,6 +55,7 @@ from kvsnap.format import (
 from kvsnap.heap import release_free_heap
 from kvsnap.limits import STORAGE_CONCURRENCY
 from kvsnap.storage import RetryPolicy, Storage, check_object_path
+from kvsnap.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -600,12 +600,10 @@ class Repository:
             for task in (current, upcoming):
                 if task is None:
                     continue
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, KvsnapError):
-                        await task
-                elif not task.cancelled():
-                    task.exception()  # seen by the caller, or not needed any more
+                # A read's error was raised to the caller, or is not needed.
+                error = await cancel_and_wait(task)
+                if error is not None and not isinstance(error, KvsnapError):
+                    raise error
 
     async def _manifest_entries(self) -> list[ManifestEntry]:
         entries = []
